@@ -33,7 +33,8 @@ class Tree:
         self.layout = Layout(root)
         os.makedirs(self.layout.blobs, exist_ok=True)
         os.makedirs(self.layout.repositories, exist_ok=True)
-        self.config = root / "config.yml"
+        self.config = root.parent / f"{root.name}-config.yml"
+        root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
         )
