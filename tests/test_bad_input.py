@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.support.tree import Tree
+from support.tree import Tree
 
 HEX = "b" * 64
 

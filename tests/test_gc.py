@@ -6,7 +6,7 @@ import pytest
 
 from regidx.gc import apply_plan, iter_report_lines, plan_gc
 from regidx.scan import find_repositories, scan_storage
-from tests.support.tree import Tree
+from support.tree import Tree
 
 
 @pytest.fixture

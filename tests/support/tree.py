@@ -101,8 +101,13 @@ class Tree:
                 shutil.rmtree(self.layout.tag_dir(repo, tag))
 
     def blobs_on_disk(self) -> set[str]:
-        found = set()
-        for dirpath, _, files in os.walk(self.layout.blobs):
-            if "data" in files:
-                found.add("sha256:" + os.path.basename(dirpath))
-        return found
+        return blobs_on_disk(self.layout)
+
+
+def blobs_on_disk(layout: Layout) -> set[str]:
+    """Every digest with a data file under blobs/, found by a plain os.walk (not by regidx's scanner)."""
+    found = set()
+    for dirpath, _, files in os.walk(layout.blobs):
+        if "data" in files:
+            found.add("sha256:" + os.path.basename(dirpath))
+    return found
