@@ -69,7 +69,7 @@ def plan_gc(scan: StorageScan, *, delete_untagged: bool) -> GcPlan:
     manifests = [
         (r.name, d) for r in repos for d in r.revisions if d in r.manifests and d not in kept[r.name]
     ]
-    blobs = {d: scan.blobs[d] for d in sorted(scan.blobs) if d not in marked}
+    blobs = {d: scan.blobs[d][0] for d in sorted(scan.blobs) if d not in marked}
     return GcPlan(delete_untagged, marked, ordered, manifests, blobs)
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Callable, Iterator
 
 from .errors import StorageError
@@ -13,6 +14,7 @@ from .layout import Layout, digest_from_parts, is_repo_name, read_link
 from .manifests import Manifest, parse_manifest
 
 Progress = Callable[[int], None]
+Dirstate = dict[str, int]
 
 
 @dataclass
@@ -26,37 +28,56 @@ class RepoScan:
     manifests: dict[str, Manifest] = field(default_factory=dict)
     # tag -> digest its current link points at (read only when asked for).
     tags: dict[str, str] = field(default_factory=dict)
-    # Digests named by _layers/<alg>/<hex> directories (the link file itself is not checked).
+    # Digests named by _layers/<alg>/<hex> directories; in a full scan, only those whose link file exists.
     layers: list[str] = field(default_factory=list)
+    # Full scans only: uploads in progress (uuid -> startedat, 0 if unknown), and the mtimes of the
+    # directories in which an addition would show (docs/safety.md, "offline sweeps").
+    uploads: dict[str, float] = field(default_factory=dict)
+    dirstate: Dirstate = field(default_factory=dict)
 
 
 @dataclass
 class StorageScan:
     repos: list[RepoScan]
-    # digest -> size of every blob whose data file exists.
-    blobs: dict[str, int]
+    # digest -> (size, mtime_ns) of every blob whose data file exists.
+    blobs: dict[str, tuple[int, int]]
+    # Full scans only: mtimes of the directories of the repository hierarchy.
+    dirstate: Dirstate = field(default_factory=dict)
 
 
 def scan_storage(
-    layout: Layout, *, read_tags: bool, workers: int | None = None, progress: Progress | None = None
+    layout: Layout,
+    *,
+    read_tags: bool,
+    full: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> StorageScan:
-    """Walk the whole tree. Repositories are split over worker processes; blobs are one more job."""
+    """Walk the whole tree. Repositories are split over worker processes; blobs are one more job.
+
+    A full scan (for the index) also reads tags, checks every layer link file, reads uploads and
+    records directory mtimes; the garbage-collect mark needs none of that.
+    """
     check_root(layout)
-    names = find_repositories(layout)
+    dirstate: Dirstate = {}
+    names = find_repositories(layout, dirstate if full else None)
+    read_tags = read_tags or full
     workers = workers or min(os.cpu_count() or 1, 4)
     if workers <= 1 or len(names) < 8:
-        repos = [scan_repository(layout, n, read_tags=read_tags) for n in names]
-        return StorageScan(repos, scan_blobs(layout))
+        repos = [scan_repository(layout, n, read_tags=read_tags, full=full) for n in names]
+        if progress:
+            progress(len(names))
+        return StorageScan(repos, scan_blobs(layout), dirstate)
     chunks = _chunks(names, workers * 8)
     with ProcessPoolExecutor(workers) as pool:
         blobs_future = pool.submit(scan_blobs, layout)
-        futures = [pool.submit(_scan_chunk, layout, chunk, read_tags) for chunk in chunks]
+        futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full) for chunk in chunks]
         repos: list[RepoScan] = []
         for future, chunk in zip(futures, chunks):
             repos.extend(future.result())
             if progress:
                 progress(len(chunk))
-        return StorageScan(repos, blobs_future.result())
+        return StorageScan(repos, blobs_future.result(), dirstate)
 
 
 def check_root(layout: Layout) -> None:
@@ -67,8 +88,8 @@ def check_root(layout: Layout) -> None:
             raise StorageError(f"{path}: is a symbolic link; regidx does not follow links inside the storage root")
 
 
-def find_repositories(layout: Layout) -> list[str]:
-    """Repository names in sorted walk order.
+def find_repositories(layout: Layout, dirstate: Dirstate | None = None) -> list[str]:
+    """Repository names in sorted walk order; with dirstate, also the mtime of every directory walked.
 
     A directory is a repository when it has a `_layers` child (2.8's rule) or a `_manifests`
     child (v3's rule); repositories nest, and `_`-prefixed directories are never descended.
@@ -76,6 +97,8 @@ def find_repositories(layout: Layout) -> list[str]:
     found: list[str] = []
 
     def walk(path: str, name: str) -> None:
+        if dirstate is not None:
+            record_mtime(dirstate, layout, path)
         children = sorted(_list_dirs(path))
         if name and ("_layers" in children or "_manifests" in children):
             if not is_repo_name(name):
@@ -90,16 +113,22 @@ def find_repositories(layout: Layout) -> list[str]:
     return found
 
 
-def scan_repository(layout: Layout, name: str, *, read_tags: bool, cache: dict[str, Manifest] | None = None) -> RepoScan:
+def scan_repository(
+    layout: Layout, name: str, *, read_tags: bool, full: bool = False, cache: dict[str, Manifest] | None = None
+) -> RepoScan:
     repo = RepoScan(name)
     base = os.path.join(layout.repositories, name)
+    dirstate = repo.dirstate if full else None
     revisions_dir = os.path.join(base, "_manifests", "revisions")
-    for digest, entry_path in _iter_digest_dirs(revisions_dir):
+    for digest, entry_path in _iter_digest_dirs(layout, revisions_dir, dirstate):
         link = os.path.join(entry_path, "link")
         try:
             target = read_link(link)
         except FileNotFoundError:
-            continue  # the API deletes the link file and leaves its directory
+            # The API deletes the link file and leaves its directory; a new link there is an addition.
+            if dirstate is not None:
+                record_mtime(dirstate, layout, entry_path)
+            continue
         except OSError as e:
             raise StorageError(f"{link}: cannot read revision link: {e.strerror}") from None
         if target != digest:
@@ -109,14 +138,25 @@ def scan_repository(layout: Layout, name: str, *, read_tags: bool, cache: dict[s
         if manifest is not None:
             repo.manifests[digest] = manifest
     if read_tags:
-        repo.tags = _read_tags(os.path.join(base, "_manifests", "tags"))
-    repo.layers = [digest for digest, _ in _iter_digest_dirs(os.path.join(base, "_layers"))]
+        repo.tags = _read_tags(layout, os.path.join(base, "_manifests", "tags"), dirstate)
+    layers = _iter_digest_dirs(layout, os.path.join(base, "_layers"), dirstate)
+    if dirstate is None:
+        repo.layers = [digest for digest, _ in layers]
+        return repo
+    for digest, path in layers:
+        if _exists(os.path.join(path, "link")):
+            repo.layers.append(digest)
+        else:
+            record_mtime(dirstate, layout, path)
+    for path in (os.path.join(base, "_manifests"), revisions_dir, os.path.join(base, "_layers")):
+        record_mtime(dirstate, layout, path)
+    repo.uploads = _read_uploads(os.path.join(base, "_uploads"))
     return repo
 
 
-def scan_blobs(layout: Layout) -> dict[str, int]:
-    """digest -> size for every blobs/<alg>/<xx>/<hex>/data file."""
-    blobs: dict[str, int] = {}
+def scan_blobs(layout: Layout) -> dict[str, tuple[int, int]]:
+    """digest -> (size, mtime_ns) for every blobs/<alg>/<xx>/<hex>/data file."""
+    blobs: dict[str, tuple[int, int]] = {}
     for alg in sorted(_list_dirs(layout.blobs)):
         alg_dir = os.path.join(layout.blobs, alg)
         for prefix in sorted(_list_dirs(alg_dir)):
@@ -134,18 +174,44 @@ def scan_blobs(layout: Layout) -> dict[str, int]:
                     raise StorageError(f"{data}: blob path does not name a valid digest")
                 if not stat.S_ISREG(st.st_mode):
                     raise StorageError(f"{data}: blob data is not a regular file (symbolic links are not followed)")
-                blobs[digest] = st.st_size
+                blobs[digest] = (st.st_size, st.st_mtime_ns)
     return blobs
 
 
-def _scan_chunk(layout: Layout, names: list[str], read_tags: bool) -> list[RepoScan]:
+def read_startedat(upload_dir: str) -> float:
+    """When an upload began, from its startedat file; 0 when missing or unreadable."""
+    try:
+        with open(os.path.join(upload_dir, "startedat")) as f:
+            return datetime.fromisoformat(f.read().strip()).timestamp()
+    except (OSError, ValueError):
+        return 0.0
+
+
+def record_mtime(dirstate: Dirstate, layout: Layout, path: str) -> None:
+    """Remember path's mtime (-1 if absent: its parent's mtime then shows its creation)."""
+    try:
+        mtime = os.lstat(path).st_mtime_ns
+    except FileNotFoundError:
+        mtime = -1
+    dirstate[os.path.relpath(path, layout.v2)] = mtime
+
+
+def _scan_chunk(layout: Layout, names: list[str], read_tags: bool, full: bool) -> list[RepoScan]:
     cache: dict[str, Manifest] = {}
-    return [scan_repository(layout, n, read_tags=read_tags, cache=cache) for n in names]
+    return [scan_repository(layout, n, read_tags=read_tags, full=full, cache=cache) for n in names]
 
 
 def _read_manifest(layout: Layout, repo: str, digest: str, cache: dict[str, Manifest] | None) -> Manifest | None:
     if cache is not None and digest in cache:
         return cache[digest]
+    manifest = read_manifest(layout, repo, digest)
+    if cache is not None and manifest is not None:
+        cache[digest] = manifest
+    return manifest
+
+
+def read_manifest(layout: Layout, repo: str, digest: str) -> Manifest | None:
+    """The parsed manifest of repo@digest, or None when its blob data does not exist."""
     path = layout.blob_data(digest)
     try:
         if os.path.islink(path):
@@ -158,16 +224,19 @@ def _read_manifest(layout: Layout, repo: str, digest: str, cache: dict[str, Mani
         raise StorageError(f"{path}: manifest data is a directory") from None
     except PermissionError as e:
         raise StorageError(f"{path}: cannot read manifest of {repo}@{digest}: {e.strerror}") from None
-    manifest = parse_manifest(data, f"{repo}@{digest} ({path})")
-    if cache is not None:
-        cache[digest] = manifest
-    return manifest
+    return parse_manifest(data, f"{repo}@{digest} ({path})")
 
 
-def _read_tags(tags_dir: str) -> dict[str, str]:
+def _read_tags(layout: Layout, tags_dir: str, dirstate: Dirstate | None) -> dict[str, str]:
     tags: dict[str, str] = {}
+    if dirstate is not None:
+        record_mtime(dirstate, layout, tags_dir)
     for tag in sorted(_list_dirs(tags_dir)):
         link = os.path.join(tags_dir, tag, "current", "link")
+        if dirstate is not None:
+            # 2.8 rewrites current/link in place: only the file's own mtime shows a retag.
+            for path in (os.path.join(tags_dir, tag), os.path.dirname(link), link):
+                record_mtime(dirstate, layout, path)
         try:
             tags[tag] = read_link(link)
         except FileNotFoundError:
@@ -177,10 +246,16 @@ def _read_tags(tags_dir: str) -> dict[str, str]:
     return tags
 
 
-def _iter_digest_dirs(base: str) -> Iterator[tuple[str, str]]:
+def _read_uploads(uploads_dir: str) -> dict[str, float]:
+    return {uuid: read_startedat(os.path.join(uploads_dir, uuid)) for uuid in sorted(_list_dirs(uploads_dir))}
+
+
+def _iter_digest_dirs(layout: Layout, base: str, dirstate: Dirstate | None) -> Iterator[tuple[str, str]]:
     """(digest, path) of every <base>/<alg>/<hex> directory, sorted as the registry walks them."""
     for alg in sorted(_list_dirs(base)):
         alg_dir = os.path.join(base, alg)
+        if dirstate is not None:
+            record_mtime(dirstate, layout, alg_dir)
         for hex_ in sorted(_list_dirs(alg_dir)):
             path = os.path.join(alg_dir, hex_)
             digest = digest_from_parts(alg, hex_)
@@ -208,7 +283,14 @@ def _list_dirs(path: str) -> list[str]:
         raise StorageError(f"{path}: cannot list directory: {e.strerror}") from None
 
 
+def _exists(path: str) -> bool:
+    try:
+        os.lstat(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def _chunks(items: list[str], n: int) -> list[list[str]]:
     size = max(1, -(-len(items) // n))
     return [items[i : i + size] for i in range(0, len(items), size)]
-
