@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .errors import StorageError
 from .layout import Layout
+from .removal import remove_layer_link, remove_revision, rmtree
 from .scan import RepoScan, StorageScan
 
 
@@ -127,9 +125,8 @@ def apply_plan(
 ) -> GcStats:
     """Delete what the plan says: untagged manifests first (as upstream), then blobs and their layer links."""
     stats = GcStats()
-    tags_by_repo = {r.name: r.tags for r in scan.repos}
     for repo, digest in plan.manifests:
-        _remove_manifest(layout, repo, digest, tags_by_repo.get(repo, {}))
+        remove_revision(layout, repo, digest)
         stats.manifests_deleted += 1
     links: dict[str, list[str]] = defaultdict(list)
     for r in scan.repos:
@@ -138,50 +135,10 @@ def apply_plan(
                 links[digest].append(r.name)
     for digest, size in plan.blobs.items():
         for repo in links.get(digest, ()):
-            stats.layer_links_deleted += _remove_link_dir(layout.layer_link_dir(repo, digest))
-        _rmtree(layout.blob_dir(digest))
+            stats.layer_links_deleted += remove_layer_link(layout, repo, digest)
+        rmtree(layout.blob_dir(digest))
         stats.blobs_deleted += 1
         stats.bytes_deleted += size
         if progress:
             progress(1)
     return stats
-
-
-def _remove_manifest(layout: Layout, repo: str, digest: str, tags: dict[str, str]) -> None:
-    # Upstream removes the revision's entry from the index of every tag, then the revision.
-    tags_dir = layout.tags_dir(repo)
-    try:
-        tag_names = sorted(os.listdir(tags_dir))
-    except FileNotFoundError:
-        tag_names = []
-    for tag in tag_names:
-        _rmtree(layout.tag_index_dir(repo, tag, digest))
-    _rmtree(layout.revision_dir(repo, digest))
-
-
-def _remove_link_dir(path: str) -> int:
-    """Remove <dir>/link and then <dir> if it is empty; 1 if a link file was removed."""
-    removed = 0
-    try:
-        os.unlink(os.path.join(path, "link"))
-        removed = 1
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise StorageError(f"{path}/link: cannot remove layer link: {e.strerror}") from None
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass  # not empty or already gone: leave it
-    return removed
-
-
-def _rmtree(path: str) -> None:
-    if os.path.islink(path):
-        raise StorageError(f"{path}: is a symbolic link; refusing to delete through it")
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise StorageError(f"{e.filename or path}: cannot delete: {e.strerror}") from None

@@ -66,6 +66,14 @@ def read_link(path: str) -> str:
     return check_digest(text, path)
 
 
+def write_link(path: str, digest: str) -> None:
+    """Write a link file as the registry does: the directory first, then the digest with no newline."""
+    check_digest(digest, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(digest)
+
+
 class Kind(Enum):
     BLOB_DATA = "blob data"
     LAYER_LINK = "layer link"

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import orjson
 
 from .gc import GcPlan, GcStats
+from .sweep import SweepResult
 
 
 def gc_json(plan: GcPlan, *, dry_run: bool, stats: GcStats | None) -> dict[str, Any]:
@@ -25,6 +26,17 @@ def gc_json(plan: GcPlan, *, dry_run: bool, stats: GcStats | None) -> dict[str, 
             "manifests": stats.manifests_deleted,
             "layer_links": stats.layer_links_deleted,
         },
+    }
+
+
+def sweep_json(result: SweepResult) -> dict[str, Any]:
+    return {
+        "dry_run": result.dry_run,
+        "blobs": [{"digest": d, "size": s} for d, s in result.blobs],
+        "manifests": [{"repository": r, "digest": d} for r, d in result.manifests],
+        "bytes": result.bytes,
+        "layer_links": result.layer_links,
+        "skipped": [{"digest": d, "reason": why} for d, why in result.skipped],
     }
 
 

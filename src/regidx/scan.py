@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 from .errors import StorageError
 from .layout import Layout, digest_from_parts, is_repo_name, read_link
 from .manifests import Manifest, parse_manifest
+from .records import BlobAdded, LayerLinked, Record, RevisionLinked, TagSet, UploadStarted
 
 Progress = Callable[[int], None]
 Dirstate = dict[str, int]
@@ -294,3 +295,26 @@ def _exists(path: str) -> bool:
 def _chunks(items: list[str], n: int) -> list[list[str]]:
     size = max(1, -(-len(items) // n))
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def iter_records(scan: StorageScan) -> Iterator[Record]:
+    """The scan as records, in the order that builds an index cheaply: references before blobs,
+    so that a referenced blob never passes through the candidate list."""
+    for repo in scan.repos:
+        for digest in repo.revisions:
+            yield RevisionLinked(repo.name, digest, repo.manifests.get(digest))
+    for repo in scan.repos:
+        for tag, digest in repo.tags.items():
+            yield TagSet(repo.name, tag, digest)
+        for digest in repo.layers:
+            yield LayerLinked(repo.name, digest)
+        for uuid, started in repo.uploads.items():
+            yield UploadStarted(repo.name, uuid, started)
+    for digest, (size, mtime_ns) in scan.blobs.items():
+        yield BlobAdded(digest, size, mtime_ns)
+
+
+def all_dirstate(scan: StorageScan) -> Iterator[tuple[str, int]]:
+    yield from scan.dirstate.items()
+    for repo in scan.repos:
+        yield from repo.dirstate.items()

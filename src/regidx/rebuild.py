@@ -1,0 +1,180 @@
+"""Index from a full scan: `index rebuild` swaps a fresh one in, `index verify` compares one with it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .errors import RegidxError, StorageError
+from .index import SCHEMA_VERSION, LmdbIndex
+from .indexdir import TRUSTED, IndexDir
+from .layout import Layout
+from .scan import Progress, StorageScan, all_dirstate, iter_records, scan_storage
+
+# Directory mtimes come from a coarse clock (a few ms). A directory modified within this much of
+# the scan's start may have changed after it was read without its mtime showing it: scan again.
+FRESH_NS = 50_000_000
+BATCH = 20_000
+
+
+@dataclass
+class RebuildStats:
+    repositories: int
+    revisions: int
+    blobs: int
+    candidates: int
+    seconds: float
+    index_bytes: int
+    path: str
+
+
+def scan_settled(layout: Layout, progress: Progress | None = None, attempts: int = 4) -> StorageScan:
+    """A full scan during which no directory it records changed (see FRESH_NS)."""
+    for _ in range(attempts):
+        start = time.time_ns()
+        scan = scan_storage(layout, read_tags=True, full=True, progress=progress)
+        fresh = [path for path, mtime in all_dirstate(scan) if mtime >= start - FRESH_NS]
+        if not fresh:
+            return scan
+        time.sleep(2 * FRESH_NS / 1e9)
+    raise StorageError(f"{os.path.join(layout.v2, fresh[0])}: the tree kept changing during the scan; "
+                       "stop the registry (or make it read-only) for a rebuild, or run `regidx daemon`")
+
+
+def build_index(path: str, layout: Layout, scan: StorageScan, now: float,
+                clocks: dict[str, float] | None = None) -> LmdbIndex:
+    """Write the scan into a new LMDB environment at path; clocks (digest -> since) keep old grace clocks."""
+    index = LmdbIndex(path)
+    index.env.set_mapsize(max(index.env.info()["map_size"], _estimate_map_size(scan)))
+    records = iter_records(scan)
+    while True:
+        with index.write() as txn:
+            n = 0
+            for record in records:
+                txn.apply(record, now)
+                n += 1
+                if n >= BATCH:
+                    break
+            if n < BATCH:
+                break
+    with index.write() as txn:
+        for relpath, mtime in all_dirstate(scan):
+            txn.set_dirstate(relpath, mtime)
+        if clocks:
+            for digest, _ in list(txn.iter_candidates(now)):
+                if digest in clocks:
+                    txn.keep_older_clock(digest, clocks[digest])
+        txn.set_meta("schema", SCHEMA_VERSION.decode())
+        txn.set_meta("root", os.path.realpath(layout.root))
+        txn.set_meta("state", TRUSTED)
+        txn.set_meta("last_full_scan", repr(now))
+    index.env.sync(True)
+    return index
+
+
+def rebuild_index(layout: Layout, index_dir: IndexDir, progress: Progress | None = None) -> RebuildStats:
+    started = time.monotonic()
+    scan = scan_settled(layout, progress)
+    now = time.time()
+    gen = index_dir.new_generation()
+    try:
+        with build_index(gen, layout, scan, now, _old_clocks(index_dir)) as index:
+            with index.read() as txn:
+                counts = txn.counts()
+            size = index.size_bytes()
+        index_dir.switch(gen)
+    except BaseException:
+        shutil.rmtree(gen, ignore_errors=True)
+        raise
+    return RebuildStats(
+        repositories=len(scan.repos), revisions=counts["manifests"], blobs=counts["blobs"],
+        candidates=counts["candidates"], seconds=time.monotonic() - started, index_bytes=size, path=gen,
+    )
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    kind: str  # e.g. "blob missing from index"
+    key: str
+    index: Any
+    storage: Any
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.key} (index: {_show(self.index)}, storage: {_show(self.storage)})"
+
+
+def verify_index(layout: Layout, index: LmdbIndex, progress: Progress | None = None) -> list[Discrepancy]:
+    """Every difference between the index and a fresh full scan of the tree."""
+    scan = scan_settled(layout, progress)
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=os.path.dirname(index.path)) as tmp:
+        with build_index(tmp, layout, scan, time.time()) as fresh:
+            with fresh.read() as txn:
+                expected = txn.dump()
+    with index.read() as txn:
+        actual = txn.dump()
+    return list(diff_dumps(actual, expected))
+
+
+_NAMES = {
+    "blobs": "blob", "manifests": "manifest", "refs": "reference count", "candidates": "candidate",
+    "tags": "tag", "tagged": "tag count", "untagged": "untagged manifest", "layers": "layer link",
+    "pending": "revision waiting for data", "uploads": "upload",
+}
+
+
+def diff_dumps(actual: dict[str, Any], expected: dict[str, Any]) -> Iterator[Discrepancy]:
+    for table, name in _NAMES.items():
+        have, want = actual[table], expected[table]
+        if isinstance(want, set):
+            for key in sorted(want - have):
+                yield Discrepancy(f"{name} missing from index", key, None, True)
+            for key in sorted(have - want):
+                yield Discrepancy(f"stale {name} in index", key, True, None)
+            continue
+        for key in sorted(want.keys() - have.keys()):
+            yield Discrepancy(f"{name} missing from index", key, None, _plain(want[key]))
+        for key in sorted(have.keys() - want.keys()):
+            yield Discrepancy(f"stale {name} in index", key, _plain(have[key]), None)
+        for key in sorted(have.keys() & want.keys()):
+            if have[key] != want[key]:
+                if table == "refs":
+                    yield Discrepancy("wrong reference count", key, len(have[key]), len(want[key]))
+                else:
+                    yield Discrepancy(f"{name} differs", key, _plain(have[key]), _plain(want[key]))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "absent"
+    if value is True:
+        return "present"
+    return str(value)
+
+
+def _old_clocks(index_dir: IndexDir) -> dict[str, float]:
+    """Grace clocks of the index being replaced, if it is trusted: a rebuild should not restart them."""
+    try:
+        old = index_dir.open(readonly=True)
+    except RegidxError:  # no index yet, or one of another schema: start every clock now
+        return {}
+    with old, old.read() as txn:
+        if txn.get_meta("state") != TRUSTED:
+            return {}
+        return dict(txn.iter_candidates(float("inf")))
+
+
+def _estimate_map_size(scan: StorageScan) -> int:
+    items = len(scan.blobs) + sum(len(r.revisions) * 8 + len(r.layers) + len(r.tags) for r in scan.repos)
+    return max(1 << 30, items * 1024)
