@@ -94,14 +94,17 @@ def find_repositories(layout: Layout, dirstate: Dirstate | None = None) -> list[
 
     A directory is a repository when it has a `_layers` child (2.8's rule) or a `_manifests`
     child (v3's rule); repositories nest, and `_`-prefixed directories are never descended.
+    A full scan (dirstate given) also takes a directory that has only `_uploads`: a first push
+    in progress.
     """
     found: list[str] = []
+    markers = {"_layers", "_manifests"} | ({"_uploads"} if dirstate is not None else set())
 
     def walk(path: str, name: str) -> None:
         if dirstate is not None:
             record_mtime(dirstate, layout, path)
         children = sorted(_list_dirs(path))
-        if name and ("_layers" in children or "_manifests" in children):
+        if name and markers.intersection(children):
             if not is_repo_name(name):
                 raise StorageError(f"{path}: invalid repository name {name!r}")
             found.append(name)
