@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -143,3 +144,27 @@ def test_real_run_then_every_survivor_pulls(registry: RegistryServer, client: Re
             client.get_manifest(img.repo, img.digest)
     # Afterwards the reference finds nothing left to collect in plain mode.
     assert run_upstream_gc(registry.config_path).eligible_blobs == set()
+
+
+@pytest.mark.parametrize("mode", [(), ("-m",)], ids=["plain", "delete-untagged"])
+def test_index_sweep_agrees_and_every_survivor_pulls(registry: RegistryServer, client: RegistryClient,
+                                                     scenario: Scenario, mode: tuple[str, ...]) -> None:
+    """Push, delete, rebuild the index, sweep from it, then pull every image that must survive."""
+    config = str(registry.config_path)
+    registry.stop()
+    expected = parse_gc_output(regidx_gc(config, "--dry-run", *mode).stdout)
+    run = subprocess.run([sys.executable, "-m", "regidx.cli", "index", "rebuild", config], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([sys.executable, "-m", "regidx.cli", "gc", "sweep", "--grace", "0", "--json", *mode, config],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    swept = json.loads(run.stdout)
+    assert {b["digest"] for b in swept["blobs"]} == expected.eligible_blobs
+    assert {m["digest"] for m in swept["manifests"]} == expected.eligible_manifests
+    registry.start()
+    for repo, tag in scenario.tagged:
+        pull_and_verify(client, repo, tag)
+    for img in scenario.kept_by_us + ([] if mode else scenario.untagged):
+        pull_and_verify(client, img.repo, img.digest)
+    run = subprocess.run([sys.executable, "-m", "regidx.cli", "index", "verify", config], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

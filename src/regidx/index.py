@@ -30,6 +30,7 @@ _F64 = struct.Struct("<d")
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 INITIAL_MAP_SIZE = 1 << 30
+HEADROOM = 256 << 20  # more than any write transaction of ours adds (batches are bounded)
 Loader = Callable[[str, str], "Manifest | None"]
 
 
@@ -96,11 +97,12 @@ class LmdbIndex:
             yield IndexTxn(txn, self.dbs)
 
     def _grow_if_needed(self) -> None:
-        # The map is a sparse reservation, not disk: double it before a batch could fill it.
-        info, stat = self.env.info(), self.env.stat()
-        used = (info["last_pgno"] + 1) * stat["psize"]
-        if used > info["map_size"] * 0.6:
-            self.env.set_mapsize(info["map_size"] * 2)
+        # The map is a sparse reservation, not disk. Growing it between transactions is safe;
+        # a transaction that fills it fails, so keep more headroom than any one batch writes.
+        info = self.env.info()
+        used = self.size_bytes()
+        if info["map_size"] - used < max(info["map_size"] // 2, HEADROOM):
+            self.env.set_mapsize(max(info["map_size"] * 2, used + 2 * HEADROOM))
 
     def size_bytes(self) -> int:
         info, stat = self.env.info(), self.env.stat()

@@ -33,7 +33,8 @@ def _stop_all() -> None:
 
 def _die_with_parent() -> None:
     # Runs in the child before exec: ask the kernel to SIGKILL it when we die, even by SIGKILL
-    # (atexit does not run then).
+    # (atexit does not run then). Caveat: "we" is the starting thread, so start servers from
+    # a thread that outlives them (pytest's main thread does).
     if sys.platform.startswith("linux"):
         import ctypes
 
