@@ -168,3 +168,23 @@ def test_index_sweep_agrees_and_every_survivor_pulls(registry: RegistryServer, c
         pull_and_verify(client, img.repo, img.digest)
     run = subprocess.run([sys.executable, "-m", "regidx.cli", "index", "verify", config], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_repository_never_tagged(registry: RegistryServer, client: RegistryClient) -> None:
+    """2.8.2 -m aborts on a repository that has manifests but no tags directory; we treat them as untagged."""
+    push_image(client, "tagged", tag="v1", layers=[layer_bytes("t")])
+    lonely = push_image(client, "bydigest", layers=[layer_bytes("only-by-digest")])
+    upstream = run_upstream_gc(registry.config_path, delete_untagged=True, check=False)
+    assert upstream.returncode != 0 and "unknown repository" in upstream.stdout + upstream.stderr
+    ours = parse_gc_output(regidx_gc(registry.config_path, "--dry-run", "-m").stdout)
+    assert ours.eligible_manifests == {lonely.digest}
+    assert ours.eligible_blobs == {lonely.digest, *lonely.blobs}
+
+
+def test_empty_registry(registry: RegistryServer) -> None:
+    """2.8.2 aborts when repositories/ does not exist yet; an empty registry has nothing to collect."""
+    (registry.root / "docker/registry/v2/blobs").mkdir(parents=True, exist_ok=True)
+    upstream = run_upstream_gc(registry.config_path, check=False)
+    assert upstream.returncode != 0 and "Path not found" in upstream.stdout + upstream.stderr
+    ours = regidx_gc(registry.config_path, "--dry-run")
+    assert ours.stdout.splitlines()[-1] == "0 blobs marked, 0 blobs and 0 manifests eligible for deletion"

@@ -3,33 +3,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-demo=demo
-rm -rf "$demo"
-mkdir -p "$demo"
+demo=demo/registry
+config="$demo/config.yml"
+rm -rf demo
+mkdir -p demo
+step() { printf '\n== %s\n' "$*"; }
 
-echo "== generating a sample registry in $demo/ (repositories, images, indexes, garbage)"
-python tools/gen_tree.py "$demo/registry" --preset small
-config="$demo/registry/config.yml"
+step "generating a sample registry in $demo (repositories, images, indexes, referrers, garbage)"
+python tools/gen_tree.py "$demo" --preset small
 
-echo
-echo "== regidx garbage-collect --dry-run --quiet $config"
-regidx garbage-collect --dry-run --quiet "$config" | tail -n 5
-echo "   (... one line per eligible blob)"
-
-echo
-echo "== the same with --delete-untagged, as JSON (summary)"
-regidx garbage-collect --dry-run --delete-untagged --json "$config" \
-    | python -c 'import json,sys; r=json.load(sys.stdin); print(f"would delete {len(r[\"blobs\"])} blobs ({r[\"bytes\"]} bytes) and {len(r[\"manifests\"])} untagged manifests")'
+step "regidx garbage-collect --dry-run --quiet: the drop-in for the upstream command"
+regidx garbage-collect --dry-run --quiet "$config" | grep 'eligible for deletion$'
 
 if command -v docker-registry >/dev/null; then
-    echo
-    echo "== the reference: docker-registry garbage-collect --dry-run (summary line)"
+    step "the reference on the same tree: docker-registry garbage-collect --dry-run"
     docker-registry garbage-collect --dry-run "$config" 2>/dev/null | grep 'eligible for deletion$'
 fi
 
-echo
-echo "== a real run"
-regidx garbage-collect --quiet "$config" | grep 'eligible for deletion$'
-echo
-echo "== and again: nothing left to collect"
-regidx garbage-collect --dry-run --quiet "$config" | grep 'eligible for deletion$'
+step "regidx index rebuild: one full scan into the persistent index"
+regidx index rebuild "$config"
+
+step "regidx gc sweep --dry-run --grace 0 --delete-untagged: from the index alone"
+regidx gc sweep --dry-run --grace 0 --delete-untagged "$config" | tail -n 1
+
+step "a real sweep: blobs go to the trash, the index follows"
+regidx gc sweep --grace 0 --delete-untagged "$config" | tail -n 1
+regidx index verify "$config"
+
+step "nothing left to collect"
+regidx garbage-collect --dry-run --delete-untagged --quiet "$config" | grep 'eligible for deletion$'
+
+step "undo is possible until the trash is purged"
+regidx gc purge --dry-run --older-than 0 "$config"
