@@ -16,7 +16,7 @@ def tree(tmp_path):
 
 def plan(tree, m=False):
     scan = scan_storage(tree.layout, read_tags=m, workers=1)
-    return scan, plan_gc(scan, delete_untagged=m)
+    return scan, plan_gc(tree.layout, scan, delete_untagged=m)
 
 
 def test_plain_mode_keeps_every_revision(tree):

@@ -160,7 +160,8 @@ class IndexMachine(RuleBasedStateMachine):
 
     @rule(delete_untagged=st.booleans(), trash=st.booleans())
     def sweep_matches_garbage_collect(self, delete_untagged: bool, trash: bool) -> None:
-        expected = plan_gc(scan(self.layout, read_tags=delete_untagged), delete_untagged=delete_untagged)
+        expected = plan_gc(self.layout, scan_storage(self.layout, read_tags=delete_untagged, workers=1),
+                           delete_untagged=delete_untagged)
         result = sweep(self.index, self.layout, Trash(str(self.tmp / "trash")) if trash else None,
                        dry_run=False, grace=0, delete_untagged=delete_untagged, now=time.time() + 1)
         assert {d for d, _ in result.blobs} == set(expected.blobs)

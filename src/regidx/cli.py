@@ -116,7 +116,7 @@ def garbage_collect(config: str, dry_run: bool, delete_untagged: bool, quiet: bo
     n_repos = len(find_repositories(ctx.layout)) if sys.stderr.isatty() else None
     with progress("marking", n_repos) as advance:
         scan = scan_storage(ctx.layout, read_tags=delete_untagged, progress=advance)
-    plan = plan_gc(scan, delete_untagged=delete_untagged)
+    plan = plan_gc(ctx.layout, scan, delete_untagged=delete_untagged)
     if not as_json:
         write_lines(iter_report_lines(scan, plan, quiet=quiet))
     stats = None

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 
 from .layout import Layout
 from .removal import remove_layer_link, remove_revision, rmtree
-from .scan import RepoScan, StorageScan
+from .scan import RepoScan, StorageScan, stat_blobs
 
 
 @dataclass
@@ -38,7 +38,7 @@ class GcStats:
     errors: list[str] = field(default_factory=list)
 
 
-def plan_gc(scan: StorageScan, *, delete_untagged: bool) -> GcPlan:
+def plan_gc(layout: Layout, scan: StorageScan, *, delete_untagged: bool) -> GcPlan:
     """Mark every blob a kept manifest needs; everything else under blobs/ is eligible.
 
     Plain mode keeps every revision whose data exists (upstream 2.8). With -m, a revision is kept
@@ -67,7 +67,8 @@ def plan_gc(scan: StorageScan, *, delete_untagged: bool) -> GcPlan:
     manifests = [
         (r.name, d) for r in repos for d in r.revisions if d in r.manifests and d not in kept[r.name]
     ]
-    blobs = {d: scan.blobs[d][0] for d in sorted(scan.blobs) if d not in marked}
+    unmarked = {d: prefix for d, prefix in scan.blobs.items() if d not in marked}
+    blobs = {d: size for d, (size, _) in sorted(stat_blobs(layout, unmarked).items())}
     return GcPlan(delete_untagged, marked, ordered, manifests, blobs)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import orjson
 
 from .errors import ManifestError
-from .layout import is_digest
+from .layout import DIGEST_PATTERN, is_digest
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -18,6 +19,7 @@ SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 INDEX_TYPES = frozenset({DOCKER_LIST, OCI_INDEX})
+_DIGEST_LIST_RE = re.compile(f"{DIGEST_PATTERN}(?:\n{DIGEST_PATTERN})*")
 
 
 class Manifest(NamedTuple):
@@ -85,6 +87,14 @@ def _digests(doc: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(items, list):
         raise ManifestError(f"{where}: '{key}' is not a list")
+    # Fast path (the full scan parses every manifest): one regex over all digests at once.
+    try:
+        refs = tuple(d["digest"] for d in items)
+        if not refs or _DIGEST_LIST_RE.fullmatch("\n".join(refs)):
+            return refs
+    except (TypeError, KeyError):
+        pass
+    # Slow path: find the bad descriptor and name it.
     return tuple(_descriptor_digest(d, f"{key}[{i}]", where) for i, d in enumerate(items))
 
 

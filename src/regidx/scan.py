@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
@@ -10,7 +11,7 @@ from datetime import datetime
 from typing import Callable, Iterator
 
 from .errors import StorageError
-from .layout import Layout, digest_from_parts, is_repo_name, read_link
+from .layout import Layout, digest_from_parts, is_repo_name, read_file, read_link
 from .manifests import Manifest, parse_manifest
 from .records import BlobAdded, LayerLinked, Record, RevisionLinked, TagSet, UploadStarted
 
@@ -40,8 +41,9 @@ class RepoScan:
 @dataclass
 class StorageScan:
     repos: list[RepoScan]
-    # digest -> (size, mtime_ns) of every blob whose data file exists.
-    blobs: dict[str, tuple[int, int]]
+    # Full scans: digest -> (size, mtime_ns) of every blob whose data file exists.
+    # Otherwise: digest -> <xx> directory of every blob directory, unchecked (see list_blobs).
+    blobs: dict[str, tuple[int, int]] | dict[str, str]
     # Full scans only: mtimes of the directories of the repository hierarchy.
     dirstate: Dirstate = field(default_factory=dict)
 
@@ -68,10 +70,10 @@ def scan_storage(
         repos = [scan_repository(layout, n, read_tags=read_tags, full=full) for n in names]
         if progress:
             progress(len(names))
-        return StorageScan(repos, scan_blobs(layout), dirstate)
+        return StorageScan(repos, (scan_blobs if full else list_blobs)(layout), dirstate)
     chunks = _chunks(names, workers * 8)
     with ProcessPoolExecutor(workers) as pool:
-        blobs_future = pool.submit(scan_blobs, layout)
+        blobs_future = pool.submit(scan_blobs if full else list_blobs, layout)
         futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full) for chunk in chunks]
         repos: list[RepoScan] = []
         for future, chunk in zip(futures, chunks):
@@ -120,12 +122,13 @@ def find_repositories(layout: Layout, dirstate: Dirstate | None = None) -> list[
 def scan_repository(
     layout: Layout, name: str, *, read_tags: bool, full: bool = False, cache: dict[str, Manifest] | None = None
 ) -> RepoScan:
+    # Hot path (100,000s of revisions): f-string paths and raw os calls instead of os.path.join.
     repo = RepoScan(name)
-    base = os.path.join(layout.repositories, name)
+    base = f"{layout.repositories}/{name}"
     dirstate = repo.dirstate if full else None
-    revisions_dir = os.path.join(base, "_manifests", "revisions")
+    revisions_dir = f"{base}/_manifests/revisions"
     for digest, entry_path in _iter_digest_dirs(layout, revisions_dir, dirstate):
-        link = os.path.join(entry_path, "link")
+        link = f"{entry_path}/link"
         try:
             target = read_link(link)
         except FileNotFoundError:
@@ -138,48 +141,68 @@ def scan_repository(
         if target != digest:
             raise StorageError(f"{link}: revision link holds {target}, not the digest its path names")
         repo.revisions.append(digest)
-        manifest = _read_manifest(layout, name, digest, cache)
+        manifest = cache.get(digest) if cache is not None else None
+        if manifest is None:
+            manifest = read_manifest(layout, name, digest)
+            if cache is not None and manifest is not None:
+                cache[digest] = manifest
         if manifest is not None:
             repo.manifests[digest] = manifest
     if read_tags:
-        repo.tags = _read_tags(layout, os.path.join(base, "_manifests", "tags"), dirstate)
-    layers = _iter_digest_dirs(layout, os.path.join(base, "_layers"), dirstate)
+        repo.tags = _read_tags(layout, f"{base}/_manifests/tags", dirstate)
+    layers_dir = f"{base}/_layers"
     if dirstate is None:
-        repo.layers = [digest for digest, _ in layers]
+        # The mark needs only the names; they are validated if a blob they name is deleted.
+        repo.layers = [f"{alg}:{hex_}" for alg in _list_dirs(layers_dir) for hex_ in _list_dirs(f"{layers_dir}/{alg}")]
         return repo
-    for digest, path in layers:
-        if _exists(os.path.join(path, "link")):
+    for digest, path in _iter_digest_dirs(layout, layers_dir, dirstate):
+        if _exists(f"{path}/link"):
             repo.layers.append(digest)
         else:
             record_mtime(dirstate, layout, path)
-    for path in (os.path.join(base, "_manifests"), revisions_dir, os.path.join(base, "_layers")):
+    for path in (f"{base}/_manifests", revisions_dir, layers_dir):
         record_mtime(dirstate, layout, path)
-    repo.uploads = _read_uploads(os.path.join(base, "_uploads"))
+    repo.uploads = _read_uploads(f"{base}/_uploads")
     return repo
 
 
 def scan_blobs(layout: Layout) -> dict[str, tuple[int, int]]:
     """digest -> (size, mtime_ns) for every blobs/<alg>/<xx>/<hex>/data file."""
-    blobs: dict[str, tuple[int, int]] = {}
-    for alg in sorted(_list_dirs(layout.blobs)):
-        alg_dir = os.path.join(layout.blobs, alg)
-        for prefix in sorted(_list_dirs(alg_dir)):
-            prefix_dir = os.path.join(alg_dir, prefix)
-            for hex_ in _list_dirs(prefix_dir):
-                data = os.path.join(prefix_dir, hex_, "data")
-                try:
-                    st = os.lstat(data)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    raise StorageError(f"{data}: cannot stat blob data: {e.strerror}") from None
-                digest = digest_from_parts(alg, hex_)
-                if digest is None or hex_[:2] != prefix:
-                    raise StorageError(f"{data}: blob path does not name a valid digest")
-                if not stat.S_ISREG(st.st_mode):
-                    raise StorageError(f"{data}: blob data is not a regular file (symbolic links are not followed)")
-                blobs[digest] = (st.st_size, st.st_mtime_ns)
+    return stat_blobs(layout, list_blobs(layout))
+
+
+def list_blobs(layout: Layout) -> dict[str, str]:
+    """digest -> its <xx> directory, for every blob directory, unchecked: one listing per prefix.
+
+    The mark needs to know only which blobs it did not mark; `stat_blobs` then checks those.
+    """
+    blobs: dict[str, str] = {}
+    for alg in _list_dirs(layout.blobs):
+        alg_dir = f"{layout.blobs}/{alg}"
+        for prefix in _list_dirs(alg_dir):
+            for hex_ in _list_dirs(f"{alg_dir}/{prefix}"):
+                blobs[f"{alg}:{hex_}"] = prefix
     return blobs
+
+
+def stat_blobs(layout: Layout, listed: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """digest -> (size, mtime_ns) of the listed blobs whose data file exists (as upstream counts them)."""
+    found: dict[str, tuple[int, int]] = {}
+    for digest, prefix in listed.items():
+        alg, _, hex_ = digest.partition(":")
+        data = f"{layout.blobs}/{alg}/{prefix}/{hex_}/data"
+        try:
+            st = os.lstat(data)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StorageError(f"{data}: cannot stat blob data: {e.strerror}") from None
+        if digest_from_parts(alg, hex_) is None or hex_[:2] != prefix:
+            raise StorageError(f"{data}: blob path does not name a valid digest")
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"{data}: blob data is not a regular file (symbolic links are not followed)")
+        found[digest] = (st.st_size, st.st_mtime_ns)
+    return found
 
 
 def read_startedat(upload_dir: str) -> float:
@@ -205,28 +228,16 @@ def _scan_chunk(layout: Layout, names: list[str], read_tags: bool, full: bool) -
     return [scan_repository(layout, n, read_tags=read_tags, full=full, cache=cache) for n in names]
 
 
-def _read_manifest(layout: Layout, repo: str, digest: str, cache: dict[str, Manifest] | None) -> Manifest | None:
-    if cache is not None and digest in cache:
-        return cache[digest]
-    manifest = read_manifest(layout, repo, digest)
-    if cache is not None and manifest is not None:
-        cache[digest] = manifest
-    return manifest
-
-
 def read_manifest(layout: Layout, repo: str, digest: str) -> Manifest | None:
     """The parsed manifest of repo@digest, or None when its blob data does not exist."""
     path = layout.blob_data(digest)
     try:
-        if os.path.islink(path):
-            raise StorageError(f"{path}: manifest data is a symbolic link; regidx does not follow links")
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_file(path)
     except FileNotFoundError:
         return None  # revision whose blob data is gone: skipped, as upstream does
-    except IsADirectoryError:
-        raise StorageError(f"{path}: manifest data is a directory") from None
-    except PermissionError as e:
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StorageError(f"{path}: manifest data is a symbolic link; regidx does not follow links") from None
         raise StorageError(f"{path}: cannot read manifest of {repo}@{digest}: {e.strerror}") from None
     return parse_manifest(data, f"{repo}@{digest} ({path})")
 
@@ -257,15 +268,14 @@ def _read_uploads(uploads_dir: str) -> dict[str, float]:
 def _iter_digest_dirs(layout: Layout, base: str, dirstate: Dirstate | None) -> Iterator[tuple[str, str]]:
     """(digest, path) of every <base>/<alg>/<hex> directory, sorted as the registry walks them."""
     for alg in sorted(_list_dirs(base)):
-        alg_dir = os.path.join(base, alg)
+        alg_dir = f"{base}/{alg}"
         if dirstate is not None:
             record_mtime(dirstate, layout, alg_dir)
         for hex_ in sorted(_list_dirs(alg_dir)):
-            path = os.path.join(alg_dir, hex_)
             digest = digest_from_parts(alg, hex_)
             if digest is None:
-                raise StorageError(f"{path}: directory name is not a valid digest")
-            yield digest, path
+                raise StorageError(f"{alg_dir}/{hex_}: directory name is not a valid digest")
+            yield digest, f"{alg_dir}/{hex_}"
 
 
 def _list_dirs(path: str) -> list[str]:
