@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import struct
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple
+from collections import defaultdict
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import lmdb
 import orjson
@@ -103,6 +104,78 @@ class LmdbIndex:
         used = self.size_bytes()
         if info["map_size"] - used < max(info["map_size"] // 2, HEADROOM):
             self.env.set_mapsize(max(info["map_size"] * 2, used + 2 * HEADROOM))
+
+    def bulk_load(self, records: Iterable[Record], now: float, clocks: dict[str, float] | None = None) -> None:
+        """Fill an empty index from a full scan's records in one pass, writing each table in key order.
+
+        The result is what applying the records one by one gives (the property tests check that
+        the two agree), at a fraction of the cost: no read-modify-write per record.
+        """
+        refs: dict[bytes, set[bytes]] = defaultdict(set)
+        manifests: dict[bytes, bytes] = {}
+        pending: dict[bytes, set[bytes]] = defaultdict(set)
+        live: set[bytes] = set()
+        tags: dict[bytes, bytes] = {}
+        tagged: dict[bytes, int] = defaultdict(int)
+        layers: dict[bytes, bytes] = {}
+        uploads: dict[bytes, bytes] = {}
+        blobs: dict[bytes, tuple[int, int]] = {}
+        now_f64 = _F64.pack(now)
+        for record in records:
+            match record:
+                case RevisionLinked(repo, digest, None):
+                    manifests[_key(repo, digest)] = orjson.dumps(["", [], "", now])
+                    pending[digest.encode()].add(repo.encode())
+                case RevisionLinked(repo, digest, manifest):
+                    key = _key(repo, digest)
+                    manifests[key] = orjson.dumps([manifest.media_type, manifest.references, manifest.subject, now])
+                    live.add(key)
+                    for target in {digest, *manifest.references}:
+                        refs[target.encode()].add(key)
+                case TagSet(repo, tag, digest):
+                    tags[_key(repo, tag)] = digest.encode()
+                    tagged[_key(repo, digest)] += 1
+                case LayerLinked(repo, digest):
+                    layers[_key(digest, repo)] = now_f64
+                case UploadStarted(repo, uuid, started):
+                    uploads[_key(repo, uuid)] = _F64.pack(started)
+                case BlobAdded(digest, size, mtime_ns):
+                    blobs[digest.encode()] = (size, mtime_ns)
+                case _:
+                    raise TypeError(f"a full scan yields no {type(record).__name__}")
+        clocks = clocks or {}
+        blob_values, candidates = {}, []
+        for key, (size, mtime_ns) in blobs.items():
+            since = 0.0 if key in refs else min(now, clocks.get(key.decode(), now))
+            blob_values[key] = _BLOB.pack(size, mtime_ns, since)
+            if since:
+                candidates.append(_SINCE.pack(since) + key)
+        # One transaction per table keeps each under LMDB's dirty-page limit; the environment is
+        # not in use until its generation is switched in, so nothing sees a partial load.
+        self._put_sorted("manifests", sorted(manifests.items()))
+        self._put_sorted("blobs", sorted(blob_values.items()))
+        self._put_sorted("candidates", ((k, b"") for k in sorted(candidates)))
+        self._put_sorted("tags", sorted(tags.items()))
+        self._put_sorted("tagged", ((k, _U32.pack(n)) for k, n in sorted(tagged.items())))
+        self._put_sorted("untagged", ((k, now_f64) for k in sorted(live) if k not in tagged))
+        self._put_sorted("layers", sorted(layers.items()))
+        self._put_sorted("uploads", sorted(uploads.items()))
+        self._put_sorted("refs", ((k, v) for k in sorted(refs) for v in sorted(refs[k])))
+        self._put_sorted("pending", ((k, v) for k in sorted(pending) for v in sorted(pending[k])))
+
+    def _put_sorted(self, db: str, items: Iterable[tuple[bytes, bytes]]) -> None:
+        batch: list[tuple[bytes, bytes]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= 200_000:
+                self._append(db, batch)
+                batch = []
+        self._append(db, batch)
+
+    def _append(self, db: str, batch: list[tuple[bytes, bytes]]) -> None:
+        self._grow_if_needed()
+        with self.env.begin(write=True) as txn, txn.cursor(db=self.dbs[db]) as cur:
+            cur.putmulti(batch, dupdata=True, append=True)
 
     def size_bytes(self) -> int:
         info, stat = self.env.info(), self.env.stat()
@@ -247,12 +320,6 @@ class IndexTxn:
         blob = self.blob(digest)
         if blob is not None and blob.since and blob.since < now:
             self._set_since(digest, blob, now)
-
-    def keep_older_clock(self, digest: str, since: float) -> None:
-        """A rebuild keeps a candidate's clock from the index it replaces, when that one started earlier."""
-        blob = self.blob(digest)
-        if blob is not None and blob.since and since < blob.since:
-            self._set_since(digest, blob, since)
 
     def forget_blob(self, digest: str) -> None:
         """After a sweep removed it: the blob, its candidate entry and its layer links leave the index."""

@@ -18,7 +18,6 @@ from .scan import Progress, StorageScan, all_dirstate, iter_records, scan_storag
 # Directory mtimes come from a coarse clock (a few ms). A directory modified within this much of
 # the scan's start may have changed after it was read without its mtime showing it: scan again.
 FRESH_NS = 50_000_000
-BATCH = 20_000
 
 
 @dataclass
@@ -50,24 +49,10 @@ def build_index(path: str, layout: Layout, scan: StorageScan, now: float,
     """Write the scan into a new LMDB environment at path; clocks (digest -> since) keep old grace clocks."""
     index = LmdbIndex(path)
     index.env.set_mapsize(max(index.env.info()["map_size"], _estimate_map_size(scan)))
-    records = iter_records(scan)
-    while True:
-        with index.write() as txn:
-            n = 0
-            for record in records:
-                txn.apply(record, now)
-                n += 1
-                if n >= BATCH:
-                    break
-            if n < BATCH:
-                break
+    index.bulk_load(iter_records(scan), now, clocks)
     with index.write() as txn:
         for relpath, mtime in all_dirstate(scan):
             txn.set_dirstate(relpath, mtime)
-        if clocks:
-            for digest, _ in list(txn.iter_candidates(now)):
-                if digest in clocks:
-                    txn.keep_older_clock(digest, clocks[digest])
         txn.set_meta("schema", SCHEMA_VERSION.decode())
         txn.set_meta("root", os.path.realpath(layout.root))
         txn.set_meta("state", TRUSTED)
