@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .config import Config, load_config
+from .daemon import Daemon, Options, wait_for_fence
 from .errors import IndexError_, RegidxError, UsageError
 from .gc import apply_plan, iter_report_lines, plan_gc
 from .layout import Layout
@@ -150,6 +151,9 @@ def index_rebuild(config: str, index_dir: str | None, as_json: bool) -> None:
     with the registry stopped or read-only (or let `regidx daemon` keep the index current).
     """
     ctx = _load(config, index_dir)
+    if ctx.index_dir.daemon_running():
+        raise IndexError_(f"{ctx.index_dir.path}: a daemon keeps this index current; stop it to rebuild "
+                          "(its startup reconciles the index with the tree anyway)")
     with ctx.index_dir.lock("index rebuild"), _repo_progress(ctx, "scanning") as advance:
         stats = rebuild_index(ctx.layout, ctx.index_dir, progress=advance)
     if as_json:
@@ -183,6 +187,66 @@ def index_verify(config: str, index_dir: str | None, as_json: bool) -> None:
     sys.exit(1 if found else 0)
 
 
+# --- daemon and status -------------------------------------------------------------------------
+
+
+@main.command("daemon")
+@click.argument("config", type=click.Path(dir_okay=False))
+@_index_dir_option
+@click.option("--poll", type=DURATION, default=None,
+              help="Poll every INTERVAL instead of using inotify (NFS: inotify does not see other hosts' writes).")
+@click.option("--metrics-addr", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics here.")
+@click.option("--sweep-every", type=DURATION, default=None, help="Sweep on this schedule (into the trash).")
+@click.option("--grace", type=DURATION, default="24h", show_default=True, help="Grace period of scheduled sweeps.")
+@click.option("-m", "--delete-untagged", is_flag=True, help="Scheduled sweeps also remove unreachable untagged manifests.")
+@click.option("--verify-every", type=DURATION, default=None, help="Verify the index on this schedule.")
+@click.option("--purge-trash-every", type=DURATION, default=None, help="Purge old trash entries on this schedule.")
+@click.option("--trash-retention", type=DURATION, default="7d", show_default=True, help="What scheduled purges keep.")
+def daemon_cmd(config: str, index_dir: str | None, poll: float | None, metrics_addr: str | None,
+               sweep_every: float | None, grace: float, delete_untagged: bool, verify_every: float | None,
+               purge_trash_every: float | None, trash_retention: float) -> None:
+    """Keep the index equal to the storage tree, event by event, while the registry serves.
+
+    Watches are placed first, then the index is reconciled with the tree (a full scan), then
+    every change is applied as it happens. SIGTERM or SIGINT stop it cleanly. Logs go to stderr.
+    """
+    ctx = _load(config, index_dir)
+    logging.getLogger("regidx").setLevel(min(logging.getLogger("regidx").getEffectiveLevel(), logging.INFO))
+    options = Options(poll=poll, metrics_addr=metrics_addr, sweep_every=sweep_every, verify_every=verify_every,
+                      purge_trash_every=purge_trash_every, grace=grace, delete_untagged=delete_untagged,
+                      trash_retention=trash_retention)
+    Daemon(ctx.layout, ctx.index_dir, ctx.trash, options).run()
+
+
+@main.command("status")
+@click.argument("config", type=click.Path(dir_okay=False))
+@_index_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status_cmd(config: str, index_dir: str | None, as_json: bool) -> None:
+    """What the index holds, whether it is trusted, and whether a daemon keeps it current."""
+    ctx = _load(config, index_dir)
+    with ctx.index_dir.open(readonly=True) as idx:
+        with idx.read() as txn:
+            info = txn.summary()
+            for key in ("state", "last_full_scan", "heartbeat"):
+                info[key] = txn.get_meta(key)
+        info["index"] = idx.path
+        info["index_bytes"] = idx.size_bytes()
+    info["daemon"] = ctx.index_dir.daemon_running()
+    entries = list(ctx.trash.entries())
+    info["trash"] = {"entries": len(entries), "bytes": sum(e.size for e in entries)}
+    if as_json:
+        write_json(info)
+        return
+    scan_time = time.ctime(float(info["last_full_scan"])) if info["last_full_scan"] else "never"
+    click.echo(f"index       {info['index']} ({human_bytes(info['index_bytes'])}), {info['state']}")
+    click.echo(f"daemon      {'running' if info['daemon'] else 'not running'}; last full scan {scan_time}")
+    click.echo(f"blobs       {info['blobs']} ({human_bytes(info['bytes'])})")
+    click.echo(f"candidates  {info['candidates']} unreferenced ({human_bytes(info['reclaimable_bytes'])} reclaimable)")
+    click.echo(f"manifests   {info['revisions']} revisions, {info['untagged']} untagged; {info['tags']} tags")
+    click.echo(f"trash       {info['trash']['entries']} entries ({human_bytes(info['trash']['bytes'])})")
+
+
 # --- gc ------------------------------------------------------------------------------------------
 
 
@@ -200,27 +264,34 @@ def gc() -> None:
 @click.option("--grace", type=DURATION, default="24h", show_default=True,
               help="Only remove what has been unreferenced (and untagged) for this long; 0 for stop-the-world use.")
 @click.option("--no-trash", is_flag=True, help="Delete at once instead of moving blobs to the trash.")
+@click.option("--fence-timeout", type=DURATION, default="60s", show_default=True,
+              help="With a running daemon: how long to wait for it to apply every change made before the sweep.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def gc_sweep(config: str, index_dir: str | None, dry_run: bool, delete_untagged: bool, grace: float,
-             no_trash: bool, as_json: bool) -> None:
+             no_trash: bool, fence_timeout: float, as_json: bool) -> None:
     """Remove unreferenced blobs, reading only the candidates from the index.
 
-    Without a running daemon, the sweep first checks that nothing was added to the tree since the
+    With a running daemon, the sweep first waits until the daemon has applied every change made
+    before it (the fence). Without one, it checks that nothing was added to the tree since the
     last full scan (docs/safety.md) and refuses otherwise. Blobs go to the trash
     (<rootdirectory>/.regidx/trash) unless --no-trash; `regidx gc restore` brings them back.
     """
     ctx = _load(config, index_dir)
-    with ctx.index_dir.lock("gc sweep"), ctx.index_dir.open() as idx:
-        with idx.read() as txn:
-            check_trusted(txn, ctx.layout)
-            changed = find_changes(txn, ctx.layout, include_tags=delete_untagged)
+    with ctx.index_dir.lock("gc sweep"):
+        if ctx.index_dir.daemon_running():
+            wait_for_fence(ctx.index_dir, fence_timeout)
+            changed = []
+        else:
+            with ctx.index_dir.open() as idx, idx.read() as txn:
+                check_trusted(txn, ctx.layout)
+                changed = find_changes(txn, ctx.layout, include_tags=delete_untagged)
         if changed:
             raise IndexError_(
                 f"{len(changed)} director{'y' if len(changed) == 1 else 'ies'} changed since the last full scan "
                 f"(first: {ctx.layout.v2}/{changed[0]}); the index may miss new references. "
                 "Run `regidx index rebuild CONFIG` (registry stopped or read-only) or `regidx daemon CONFIG`"
             )
-        with progress("sweeping", None) as advance:
+        with ctx.index_dir.open() as idx, progress("sweeping", None) as advance:
             result = sweep(idx, ctx.layout, None if no_trash else ctx.trash, dry_run=dry_run, grace=grace,
                            delete_untagged=delete_untagged, progress=advance)
     if as_json:

@@ -18,6 +18,7 @@ import lmdb
 import orjson
 
 from .errors import IndexError_
+from .layout import Kind, PathInfo
 from .manifests import Manifest
 from .records import (BlobAdded, BlobRemoved, LayerLinked, LayerUnlinked, Record, RevisionLinked, RevisionUnlinked,
                       TagRemoved, TagSet, UploadRemoved, UploadStarted)
@@ -200,43 +201,49 @@ class IndexTxn:
 
     # records -----------------------------------------------------------------------------------
 
-    def apply(self, record: Record, now: float, loader: Loader | None = None) -> None:
-        """Apply one fact about the tree. Idempotent: applying a fact the index already has is a no-op."""
+    def apply(self, record: Record, now: float, loader: Loader | None = None) -> bool:
+        """Apply one fact about the tree; False when the index already had it (facts are idempotent)."""
         match record:
             case RevisionLinked(repo, digest, manifest):
-                self.link_revision(repo, digest, manifest, now)
+                return self.link_revision(repo, digest, manifest, now)
             case RevisionUnlinked(repo, digest):
-                self.unlink_revision(repo, digest, now)
+                return self.unlink_revision(repo, digest, now)
             case TagSet(repo, tag, digest):
-                self.set_tag(repo, tag, digest, now)
+                return self.set_tag(repo, tag, digest, now)
             case TagRemoved(repo, tag):
-                self.remove_tag(repo, tag, now)
+                return self.remove_tag(repo, tag, now)
             case LayerLinked(repo, digest):
-                self.link_layer(repo, digest, now)
+                return self.link_layer(repo, digest, now)
             case LayerUnlinked(repo, digest):
-                self.txn.delete(_key(digest, repo), db=self.db["layers"])
+                return self.txn.delete(_key(digest, repo), db=self.db["layers"])
             case BlobAdded(digest, size, mtime_ns):
+                old = self.blob(digest)
+                if old is not None and (old.size, old.mtime_ns) == (size, mtime_ns):
+                    return False
                 for repo in self.add_blob(digest, size, mtime_ns, now):
                     if loader is not None:
                         self.link_revision(repo, digest, loader(repo, digest), now)
+                return True
             case BlobRemoved(digest):
-                self.remove_blob(digest, now)
+                return self.remove_blob(digest, now)
             case UploadStarted(repo, uuid, started):
-                self.txn.put(_key(repo, uuid), _F64.pack(started), db=self.db["uploads"])
+                key, value = _key(repo, uuid), _F64.pack(started)
+                return self.txn.get(key, db=self.db["uploads"]) != value and self.txn.put(
+                    key, value, db=self.db["uploads"])
             case UploadRemoved(repo, uuid):
-                self.txn.delete(_key(repo, uuid), db=self.db["uploads"])
+                return self.txn.delete(_key(repo, uuid), db=self.db["uploads"])
             case _:
                 raise TypeError(f"not a record: {record!r}")
 
-    def link_revision(self, repo: str, digest: str, manifest: Manifest | None, now: float) -> None:
+    def link_revision(self, repo: str, digest: str, manifest: Manifest | None, now: float) -> bool:
         key = _key(repo, digest)
         old = self.manifest(repo, digest)
         if old is not None and (old.has_data or manifest is None):
-            return
+            return False
         if manifest is None:
             self._put_manifest(key, ManifestEntry("", (), "", now))
             self.txn.put(digest.encode(), repo.encode(), db=self.db["pending"])
-            return
+            return True
         if old is not None:
             self.txn.delete(digest.encode(), repo.encode(), db=self.db["pending"])
         entry = ManifestEntry(manifest.media_type, manifest.references, manifest.subject, old.seen if old else now)
@@ -245,24 +252,26 @@ class IndexTxn:
             self._add_ref(target, key, now)
         if not self.tag_count(repo, digest):
             self.txn.put(key, _F64.pack(now), db=self.db["untagged"])
+        return True
 
-    def unlink_revision(self, repo: str, digest: str, now: float) -> None:
+    def unlink_revision(self, repo: str, digest: str, now: float) -> bool:
         key = _key(repo, digest)
         old = self.manifest(repo, digest)
         if old is None:
-            return
+            return False
         self.txn.delete(key, db=self.db["manifests"])
         if old.has_data:
             self._drop_refs(key, digest, old, now)
             self.txn.delete(key, db=self.db["untagged"])
         else:
             self.txn.delete(digest.encode(), repo.encode(), db=self.db["pending"])
+        return True
 
-    def set_tag(self, repo: str, tag: str, digest: str, now: float) -> None:
+    def set_tag(self, repo: str, tag: str, digest: str, now: float) -> bool:
         key = _key(repo, tag)
         old = self.txn.get(key, db=self.db["tags"])
         if old is not None and old.decode() == digest:
-            return
+            return False
         self.txn.put(key, digest.encode(), db=self.db["tags"])
         if old is not None:
             self._untag(repo, old.decode(), now)
@@ -270,17 +279,20 @@ class IndexTxn:
         count = self.tag_count(repo, digest)
         self.txn.put(tagged_key, _U32.pack(count + 1), db=self.db["tagged"])
         self.txn.delete(tagged_key, db=self.db["untagged"])
+        return True
 
-    def remove_tag(self, repo: str, tag: str, now: float) -> None:
+    def remove_tag(self, repo: str, tag: str, now: float) -> bool:
         key = _key(repo, tag)
         old = self.txn.pop(key, db=self.db["tags"])
-        if old is not None:
-            self._untag(repo, old.decode(), now)
+        if old is None:
+            return False
+        self._untag(repo, old.decode(), now)
+        return True
 
-    def link_layer(self, repo: str, digest: str, now: float) -> None:
-        self.txn.put(_key(digest, repo), _F64.pack(now), db=self.db["layers"])
+    def link_layer(self, repo: str, digest: str, now: float) -> bool:
         # A new link to an unreferenced blob is a push starting to re-use it: restart its clock.
         self.touch(digest, now)
+        return self.txn.put(_key(digest, repo), _F64.pack(now), db=self.db["layers"], overwrite=False)
 
     def add_blob(self, digest: str, size: int, mtime_ns: int, now: float) -> list[str]:
         """Record a blob; returns the repositories whose revision of it was waiting for its data."""
@@ -296,11 +308,11 @@ class IndexTxn:
                 self.txn.put(_SINCE.pack(since) + key, b"", db=self.db["candidates"])
         return self._dups("pending", key)
 
-    def remove_blob(self, digest: str, now: float) -> None:
+    def remove_blob(self, digest: str, now: float) -> bool:
         key = digest.encode()
         old = self.txn.pop(key, db=self.db["blobs"])
         if old is None:
-            return
+            return False
         since = _BLOB.unpack(old)[2]
         if since:
             self.txn.delete(_SINCE.pack(since) + key, db=self.db["candidates"])
@@ -314,6 +326,7 @@ class IndexTxn:
                 self.txn.delete(holder.encode(), db=self.db["untagged"])
                 self._put_manifest(holder.encode(), ManifestEntry("", (), "", entry.seen))
                 self.txn.put(key, repo.encode(), db=self.db["pending"])
+        return True
 
     def touch(self, digest: str, now: float) -> None:
         """Restart the grace clock of a candidate blob."""
@@ -413,6 +426,46 @@ class IndexTxn:
 
     def counts(self) -> dict[str, int]:
         return {name: self.txn.stat(self.db[name])["entries"] for name in (*_DBS, *_DUPSORT_DBS) if name != "meta"}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and sizes for status and metrics (reads every blob value: fine every few seconds)."""
+        total = reclaimable = 0
+        with self.txn.cursor(db=self.db["blobs"]) as cur:
+            for _, value in cur:
+                size, _, since = _BLOB.unpack(value)
+                total += size
+                if since:
+                    reclaimable += size
+        counts = self.counts()
+        return {
+            "blobs": counts["blobs"], "bytes": total, "candidates": counts["candidates"],
+            "reclaimable_bytes": reclaimable, "revisions": counts["manifests"], "tags": counts["tags"],
+            "untagged": counts["untagged"], "layer_links": counts["layers"], "uploads": counts["uploads"],
+        }
+
+    def things_in_repository(self, repo: str) -> list[PathInfo]:
+        """Everything the index knows in repo and the repositories nested in it, to be looked at again."""
+        out: list[PathInfo] = []
+        for prefix in (f"{repo}\0".encode(), f"{repo}/".encode()):
+            for db, kind in (("manifests", Kind.REVISION_LINK), ("tags", Kind.TAG_CURRENT_LINK),
+                             ("uploads", Kind.UPLOAD)):
+                with self.txn.cursor(db=self.db[db]) as cur:
+                    if not cur.set_range(prefix):
+                        continue
+                    for key in cur.iternext(values=False):
+                        if not key.startswith(prefix):
+                            break
+                        r, name = _split(key)
+                        out.append(PathInfo(kind, r, digest=name if kind is Kind.REVISION_LINK else "",
+                                            tag=name if kind is Kind.TAG_CURRENT_LINK else "",
+                                            upload=name if kind is Kind.UPLOAD else ""))
+        # Layer links are keyed by digest first: a repository's removal is rare enough to scan them.
+        with self.txn.cursor(db=self.db["layers"]) as cur:
+            for key in cur.iternext(values=False):
+                digest, r = _split(key)
+                if r == repo or r.startswith(f"{repo}/"):
+                    out.append(PathInfo(Kind.LAYER_LINK, r, digest))
+        return out
 
     def dump(self) -> dict[str, Any]:
         """The logical content, without clocks: what `index verify` and the property tests compare."""

@@ -87,13 +87,14 @@ class IndexDir:
                 shutil.rmtree(path, ignore_errors=True)
 
     @contextmanager
-    def lock(self, what: str) -> Iterator[None]:
-        """The single-writer lock: one rebuild, sweep or daemon at a time per index."""
+    def lock(self, what: str, *, name: str = "lock", wait: bool = False) -> Iterator[None]:
+        """An exclusive lock: `lock` is held by whatever rewrites the index or the tree (rebuild,
+        sweep, restore; the daemon while it reconciles), `daemon.lock` by the one daemon."""
         os.makedirs(self.path, exist_ok=True)
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 raise IndexError_(f"{self.path}: index is in use by {holder}; try again when it is done") from None
@@ -102,6 +103,24 @@ class IndexDir:
             yield
         finally:
             os.close(fd)
+
+    def daemon_running(self) -> bool:
+        """Whether a daemon holds daemon.lock (and so keeps this index current)."""
+        try:
+            fd = os.open(os.path.join(self.path, "daemon.lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    @property
+    def fence_dir(self) -> str:
+        return os.path.join(self.path, "fence")
 
 
 def check_local_filesystem(path: str) -> None:

@@ -61,9 +61,12 @@ def build_index(path: str, layout: Layout, scan: StorageScan, now: float,
     return index
 
 
-def rebuild_index(layout: Layout, index_dir: IndexDir, progress: Progress | None = None) -> RebuildStats:
+def rebuild_index(layout: Layout, index_dir: IndexDir, progress: Progress | None = None,
+                  *, settle: bool = True) -> RebuildStats:
+    """settle=False when watches are already in place (the daemon): changes during the scan are
+    then seen as events, so the tree need not hold still."""
     started = time.monotonic()
-    scan = scan_settled(layout, progress)
+    scan = scan_settled(layout, progress) if settle else scan_storage(layout, read_tags=True, full=True)
     now = time.time()
     gen = index_dir.new_generation()
     try:
