@@ -17,7 +17,7 @@ from .metrics import Metrics
 from .rebuild import rebuild_index, verify_index
 from .records import (BlobAdded, BlobRemoved, LayerLinked, LayerUnlinked, Record, RevisionLinked, RevisionUnlinked,
                       TagRemoved, TagSet, UploadRemoved, UploadStarted)
-from .scan import read_manifest, read_startedat
+from .scan import check_root, read_manifest, read_startedat
 from .sweep import sweep
 from .trash import Trash
 from .watcher import Special, Touch, TreeWatcher, count_needed_watches, inotify_limit
@@ -92,6 +92,10 @@ class Daemon:
 
     def _start_watcher(self) -> TreeWatcher:
         started = time.monotonic()
+        check_root(self.layout)
+        # A registry that has taken no push yet has neither: create them, so they can be watched.
+        os.makedirs(self.layout.repositories, exist_ok=True)
+        os.makedirs(self.layout.blobs, exist_ok=True)
         if self.options.poll:
             from .poller import PollingWatcher
 
@@ -121,6 +125,11 @@ class Daemon:
         with self.index_dir.lock("daemon reconcile", wait=True):
             stats = rebuild_index(self.layout, self.index_dir, settle=False)
         self.index = self.index_dir.open()
+        # Fences written before the scan started are satisfied by it (the watcher's first listing skips them).
+        pending = [f for f in _listdir(self.index_dir.fence_dir) if f.startswith("fence-")]
+        if pending:
+            with self.index.write() as txn:
+                _ack_fences(txn, pending)
         self.metrics.reconciled(stats.seconds)
         log.info("index reconciled: %d revisions, %d blobs, %d unreferenced, %.1fs",
                  stats.revisions, stats.blobs, stats.candidates, stats.seconds)
@@ -208,8 +217,8 @@ class Daemon:
             if untrusted:
                 txn.set_meta("state", f"untrusted: {untrusted}")
             txn.set_meta("heartbeat", repr(now))
-            for fence in fences:
-                txn.set_meta("fence", fence)
+            if fences:
+                _ack_fences(txn, fences)
         for fence in fences:
             _unlink(os.path.join(self.index_dir.fence_dir, fence))
         self.metrics.applied(applied)
@@ -367,6 +376,19 @@ def _read_link_or_none(path: str) -> str | None:
         raise _NotYet(str(e)) from None
 
 
+def _ack_fences(txn: IndexTxn, names: list[str]) -> None:
+    """Fence names sort by creation time; the index remembers the newest one it has caught up with."""
+    newest = max(names + [txn.get_meta("fence") or ""])
+    txn.set_meta("fence", newest)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -381,7 +403,7 @@ def _describe(record: Record) -> str:
 
 def wait_for_fence(index_dir: IndexDir, timeout: float) -> None:
     """Make sure every change made to the tree before now is in the index (a running daemon applies it)."""
-    name = f"fence-{os.getpid()}-{time.time_ns()}"
+    name = f"fence-{time.time_ns():020d}-{os.getpid()}"
     os.makedirs(index_dir.fence_dir, exist_ok=True)
     with open(os.path.join(index_dir.fence_dir, name), "w") as f:
         f.write(name)

@@ -30,7 +30,7 @@ class RepoScan:
     manifests: dict[str, Manifest] = field(default_factory=dict)
     # tag -> digest its current link points at (read only when asked for).
     tags: dict[str, str] = field(default_factory=dict)
-    # Digests named by _layers/<alg>/<hex> directories; in a full scan, only those whose link file exists.
+    # Digests named by _layers/<alg>/<hex> directories (unchecked names; validated before any use as a path).
     layers: list[str] = field(default_factory=list)
     # Full scans only: uploads in progress (uuid -> startedat, 0 if unknown), and the mtimes of the
     # directories in which an addition would show (docs/safety.md, "offline sweeps").
@@ -151,15 +151,13 @@ def scan_repository(
     if read_tags:
         repo.tags = _read_tags(layout, f"{base}/_manifests/tags", dirstate)
     layers_dir = f"{base}/_layers"
+    # A layer link is its directory: the API's blob delete removes only the link file, and what the
+    # index needs of a link (remove it with its blob, restart the blob's clock) holds either way.
     if dirstate is None:
         # The mark needs only the names; they are validated if a blob they name is deleted.
-        repo.layers = [f"{alg}:{hex_}" for alg in _list_dirs(layers_dir) for hex_ in _list_dirs(f"{layers_dir}/{alg}")]
+        repo.layers = [f"{alg}:{h}" for alg in _list_dirs(layers_dir) for h in _list_dirs(f"{layers_dir}/{alg}")]
         return repo
-    for digest, path in _iter_digest_dirs(layout, layers_dir, dirstate):
-        if _exists(f"{path}/link"):
-            repo.layers.append(digest)
-        else:
-            record_mtime(dirstate, layout, path)
+    repo.layers = [digest for digest, _ in _iter_digest_dirs(layout, layers_dir, dirstate)]
     for path in (f"{base}/_manifests", revisions_dir, layers_dir):
         record_mtime(dirstate, layout, path)
     repo.uploads = _read_uploads(f"{base}/_uploads")
@@ -295,14 +293,6 @@ def _list_dirs(path: str) -> list[str]:
         raise StorageError(f"{path}: expected a directory") from None
     except PermissionError as e:
         raise StorageError(f"{path}: cannot list directory: {e.strerror}") from None
-
-
-def _exists(path: str) -> bool:
-    try:
-        os.lstat(path)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:
