@@ -126,15 +126,20 @@ class IndexMachine(RuleBasedStateMachine):
         self.tree.delete_manifest(repo, digest)
         self.feed(RevisionUnlinked(repo, digest), *[TagRemoved(repo, t) for t in doomed])
 
-    @rule(repo=REPOS, data=st.data())
-    def delete_layer_link(self, repo: str, data: st.DataObject) -> None:
+    @rule(repo=REPOS, data=st.data(), whole_dir=st.booleans())
+    def delete_layer_link(self, repo: str, data: st.DataObject, whole_dir: bool) -> None:
+        """The API's blob delete removes only the link file (the link's directory, which is what the
+        index tracks, stays); removing the directory too is what a sweep or a person does."""
         base = os.path.join(self.layout.repositories, repo, "_layers", "sha256")
-        links = sorted(h for h in os.listdir(base) if os.path.exists(os.path.join(base, h, "link"))) \
-            if os.path.isdir(base) else []
-        if links:
-            digest = "sha256:" + data.draw(st.sampled_from(links))
-            os.unlink(os.path.join(base, digest[7:], "link"))
+        links = sorted(os.listdir(base)) if os.path.isdir(base) else []
+        if not links:
+            return
+        digest = "sha256:" + data.draw(st.sampled_from(links))
+        if whole_dir:
+            shutil.rmtree(os.path.join(base, digest[7:]))
             self.feed(LayerUnlinked(repo, digest))
+        elif os.path.exists(os.path.join(base, digest[7:], "link")):
+            os.unlink(os.path.join(base, digest[7:], "link"))
 
     @rule(content=st.sampled_from([b"orphan-1", b"orphan-2", b"base"]))
     def orphan_blob(self, content: bytes) -> None:

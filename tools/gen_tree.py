@@ -45,6 +45,9 @@ def _help(text: str) -> dict:
 class Params:
     repos: int = field(default=20, metadata=_help("repositories (some nested, some parent and child)"))
     images: int = field(default=200, metadata=_help("image manifests (config + layers), all kinds"))
+    repo_skew: float = field(default=2.0, metadata=_help(
+        "Pareto shape of images per repo; lower is more skewed (1.2: one repo holds 3%%; -m GC time is "
+        "quadratic in a repo's tags)"))
     layers: int = field(default=4, metadata=_help("mean layers per image"))
     share: float = field(default=0.6, metadata=_help("chance a layer slot reuses an existing layer"))
     index_ratio: float = field(default=0.05, metadata=_help("chance a tag is a multi-arch list/index"))
@@ -153,7 +156,7 @@ def build_model(p: Params, now: float) -> Model:
     m = Model(params=p)
     m.foreign = [(hashlib.sha256(b"foreign/%d/%d" % (p.seed, i)).hexdigest(), 100_000_000 + i) for i in range(3)]
     m.repos = [Repo(name) for name in repo_names(p.repos)]
-    for repo, budget in zip(m.repos, split_images(rng, p.images, p.repos)):
+    for repo, budget in zip(m.repos, split_images(rng, p.images, p.repos, p.repo_skew)):
         add_repo_images(m, rng, repo, budget)
     add_copies(m, rng)
     delete_manifests(m, rng)
@@ -175,9 +178,9 @@ def repo_names(n: int) -> list[str]:
     return names
 
 
-def split_images(rng: random.Random, images: int, repos: int) -> list[int]:
+def split_images(rng: random.Random, images: int, repos: int, skew: float) -> list[int]:
     """At least one image per repo, the rest skewed: a few big repos, many small ones."""
-    weights = [rng.paretovariate(1.2) for _ in range(repos)]
+    weights = [rng.paretovariate(skew) for _ in range(repos)]
     counts = [1] * repos
     for i in rng.choices(range(repos), weights=weights, k=images - repos):
         counts[i] += 1
@@ -507,7 +510,6 @@ def generate(root: Path, params: Params, workers: int = 2, force: bool = False) 
         proc.join()
         if proc.exitcode != 0:
             raise RuntimeError(f"writer {proc.pid} failed with exit code {proc.exitcode}")
-    os.sync()
     fs_after = os.statvfs(root)
 
     (root / "config.yml").write_text(registry_config(root))
@@ -527,7 +529,8 @@ def generate(root: Path, params: Params, workers: int = 2, force: bool = False) 
             "deleted_manifests": len(m.garbage["deleted_manifests"]),
             "uploads": params.uploads,
             "blob_bytes": sum(blob_size(m, h) for h in m.blobs),
-            # statvfs delta: allocated blocks, directories included; other writers on the disk add noise
+            # statvfs delta: allocated blocks, directories included (ext4 counts delayed allocation
+            # as used); other writers on the same disk add noise
             "disk_bytes": ((fs_before.f_bfree - fs_after.f_bfree) * fs_after.f_frsize),
         },
         "seconds": {"model": round(model_seconds, 1), "total": round(time.monotonic() - started, 1)},
