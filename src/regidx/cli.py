@@ -8,11 +8,12 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import click
 
 from . import __version__
+from .cache import forget_deleted_blobs, run_after_sweep
 from .config import Config, load_config
 from .daemon import Daemon, Options, wait_for_fence
 from .errors import IndexError_, RegidxError, UsageError
@@ -124,6 +125,7 @@ def garbage_collect(config: str, dry_run: bool, delete_untagged: bool, quiet: bo
     if not dry_run:
         with progress("deleting", len(plan.blobs)) as advance:
             stats = apply_plan(ctx.layout, scan, plan, progress=advance)
+        _after_deleting(ctx, stats.linked_from.items(), None)
         log.warning(
             "deleted %d blobs (%s), %d manifests, %d layer links",
             stats.blobs_deleted, human_bytes(stats.bytes_deleted), stats.manifests_deleted, stats.layer_links_deleted,
@@ -264,11 +266,13 @@ def gc() -> None:
 @click.option("--grace", type=DURATION, default="24h", show_default=True,
               help="Only remove what has been unreferenced (and untagged) for this long; 0 for stop-the-world use.")
 @click.option("--no-trash", is_flag=True, help="Delete at once instead of moving blobs to the trash.")
+@click.option("--after-sweep", metavar="CMD", default=None,
+              help="Run CMD (a shell command, e.g. a registry restart) after a sweep that deleted something.")
 @click.option("--fence-timeout", type=DURATION, default="60s", show_default=True,
               help="With a running daemon: how long to wait for it to apply every change made before the sweep.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def gc_sweep(config: str, index_dir: str | None, dry_run: bool, delete_untagged: bool, grace: float,
-             no_trash: bool, fence_timeout: float, as_json: bool) -> None:
+             no_trash: bool, after_sweep: str | None, fence_timeout: float, as_json: bool) -> None:
     """Remove unreferenced blobs, reading only the candidates from the index.
 
     With a running daemon, the sweep first waits until the daemon has applied every change made
@@ -294,6 +298,7 @@ def gc_sweep(config: str, index_dir: str | None, dry_run: bool, delete_untagged:
         with ctx.index_dir.open() as idx, progress("sweeping", None) as advance:
             result = sweep(idx, ctx.layout, None if no_trash else ctx.trash, dry_run=dry_run, grace=grace,
                            delete_untagged=delete_untagged, progress=advance)
+    _after_deleting(ctx, result.linked_from.items(), after_sweep)
     if as_json:
         write_json(sweep_json(result))
         return
@@ -388,6 +393,18 @@ def _note_uploads_removed(ctx: Context, stale: list[StaleUpload], pruned: list[s
             txn.apply(UploadRemoved(upload.repo, upload.uuid), now)
         for repo in pruned:
             forget_repository_dirs(txn, ctx.layout, repo)
+
+
+def _after_deleting(ctx: Context, deleted: Iterable[tuple[str, list[str]]], after: str | None) -> None:
+    """What the registry's blob-descriptor cache needs once blobs are gone behind its back."""
+    deleted = list(deleted)
+    if not deleted:
+        return
+    warning = forget_deleted_blobs(ctx.config, deleted)
+    if after:
+        run_after_sweep(after)
+    elif warning:
+        click.echo(f"regidx: warning: {warning}", err=True)
 
 
 def _trash_entry(trash: Trash, digest: str) -> TrashEntry:

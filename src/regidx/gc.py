@@ -35,7 +35,8 @@ class GcStats:
     bytes_deleted: int = 0
     manifests_deleted: int = 0
     layer_links_deleted: int = 0
-    errors: list[str] = field(default_factory=list)
+    # digest -> repositories whose layer link went with it (the registry caches per repository).
+    linked_from: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_gc(layout: Layout, scan: StorageScan, *, delete_untagged: bool) -> GcPlan:
@@ -135,6 +136,7 @@ def apply_plan(
             if digest in plan.blobs:
                 links[digest].append(r.name)
     for digest, size in plan.blobs.items():
+        stats.linked_from[digest] = links.get(digest, [])
         for repo in links.get(digest, ()):
             stats.layer_links_deleted += remove_layer_link(layout, repo, digest)
         rmtree(layout.blob_dir(digest))

@@ -26,6 +26,8 @@ class SweepResult:
     blobs: list[tuple[str, int]] = field(default_factory=list)  # (digest, size)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (digest, why)
     layer_links: int = 0
+    # digest -> repositories whose layer link went with it (the registry caches per repository).
+    linked_from: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
@@ -233,6 +235,7 @@ def _remove_blob(txn: IndexTxn, layout: Layout, trash: Trash | None, digest: str
         rmtree(layout.blob_dir(digest))
     txn.forget_blob(digest)
     result.blobs.append((digest, blob.size))
+    result.linked_from[digest] = repos
 
 
 def restore(index: LmdbIndex, layout: Layout, trash: Trash, entry: TrashEntry) -> bool:
