@@ -120,7 +120,7 @@ class Pusher(threading.Thread):
     def one(self, c: RegistryClient, i: int) -> None:
         rng, repo = self.rng, f"team{self.n}/app{self.rng.randrange(2)}"
         layers = [layer_bytes(f"pool-{rng.randrange(8)}"), layer_bytes(f"p{self.n}-{i}")]
-        for attempt in range(5):
+        for _attempt in range(5):
             try:
                 kind = rng.random()
                 if kind < 0.6:
@@ -176,7 +176,7 @@ def test_stress_sweeps_during_pushes(registry: RegistryServer, client: RegistryC
     broken = []
     checked = 0
     for p in pushers:
-        for (repo, tag), img in p.expected.items():
+        for repo, tag in p.expected:
             try:
                 pull_and_verify(client, repo, tag)
                 checked += 1

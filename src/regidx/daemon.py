@@ -128,7 +128,7 @@ class Daemon:
         # Fences written before the scan started are satisfied by it (the watcher's first listing skips them).
         pending = [f for f in _listdir(self.index_dir.fence_dir) if f.startswith("fence-")]
         if pending:
-            with self.index.write() as txn:
+            with self.idx.write() as txn:
                 _ack_fences(txn, pending)
         self.metrics.reconciled(stats.seconds)
         log.info("index reconciled: %d revisions, %d blobs, %d unreferenced, %.1fs",
@@ -190,7 +190,7 @@ class Daemon:
                 untrusted = f"{t.special.value}: {t.detail}"
                 log.error("index untrusted: %s", untrusted)
         applied = 0
-        with self.index.write() as txn:
+        with self.idx.write() as txn:
             for info, seen_at, retry in work:
                 try:
                     records = self._examine(txn, info, now)
@@ -225,6 +225,11 @@ class Daemon:
         if untrusted and not self.watcher.failed:
             self._reconcile(untrusted)  # a rescan of what may have been missed; then trusted again
         return retries
+
+    @property
+    def idx(self) -> LmdbIndex:
+        assert self.index is not None, "used only between reconciles"
+        return self.index
 
     def _loader(self, repo: str, digest: str):  # type: ignore[no-untyped-def]
         return read_manifest(self.layout, repo, digest)
@@ -323,7 +328,7 @@ class Daemon:
         # Everything queued before now is applied first: that is the fence, in-process.
         self._process(self._drain(), [])
         with self.index_dir.lock("daemon sweep", wait=True):
-            result = sweep(self.index, self.layout, self.trash, dry_run=False, grace=self.options.grace,
+            result = sweep(self.idx, self.layout, self.trash, dry_run=False, grace=self.options.grace,
                            delete_untagged=self.options.delete_untagged)
         self.metrics.swept(result)
         log.info("scheduled sweep: %d blobs (%d bytes) and %d manifests into the trash",
@@ -331,7 +336,7 @@ class Daemon:
 
     def _verify(self) -> None:
         self._process(self._drain(), [])
-        found = verify_index(self.layout, self.index)
+        found = verify_index(self.layout, self.idx)
         self.metrics.verified(len(found))
         if found:
             log.error("scheduled verify: %d differences, first: %s; reconciling", len(found), found[0])

@@ -68,7 +68,7 @@ def plan_gc(layout: Layout, scan: StorageScan, *, delete_untagged: bool) -> GcPl
     manifests = [
         (r.name, d) for r in repos for d in r.revisions if d in r.manifests and d not in kept[r.name]
     ]
-    unmarked = {d: prefix for d, prefix in scan.blobs.items() if d not in marked}
+    unmarked = {d: prefix for d, prefix in scan.listed.items() if d not in marked}
     blobs = {d: size for d, (size, _) in sorted(stat_blobs(layout, unmarked).items())}
     return GcPlan(delete_untagged, marked, ordered, manifests, blobs)
 

@@ -42,8 +42,9 @@ class RepoScan:
 class StorageScan:
     repos: list[RepoScan]
     # Full scans: digest -> (size, mtime_ns) of every blob whose data file exists.
-    # Otherwise: digest -> <xx> directory of every blob directory, unchecked (see list_blobs).
-    blobs: dict[str, tuple[int, int]] | dict[str, str]
+    blobs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Mark scans: digest -> <xx> directory of every blob directory, unchecked (see list_blobs).
+    listed: dict[str, str] = field(default_factory=dict)
     # Full scans only: mtimes of the directories of the repository hierarchy.
     dirstate: Dirstate = field(default_factory=dict)
 
@@ -66,21 +67,25 @@ def scan_storage(
     names = find_repositories(layout, dirstate if full else None)
     read_tags = read_tags or full
     workers = workers or min(os.cpu_count() or 1, 4)
+    repos: list[RepoScan] = []
     if workers <= 1 or len(names) < 8:
         repos = [scan_repository(layout, n, read_tags=read_tags, full=full) for n in names]
         if progress:
             progress(len(names))
-        return StorageScan(repos, (scan_blobs if full else list_blobs)(layout), dirstate)
-    chunks = _chunks(names, workers * 8)
-    with ProcessPoolExecutor(workers) as pool:
-        blobs_future = pool.submit(scan_blobs if full else list_blobs, layout)
-        futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full) for chunk in chunks]
-        repos: list[RepoScan] = []
-        for future, chunk in zip(futures, chunks):
-            repos.extend(future.result())
-            if progress:
-                progress(len(chunk))
-        return StorageScan(repos, blobs_future.result(), dirstate)
+        blobs = list_blobs(layout)
+    else:
+        chunks = _chunks(names, workers * 8)
+        with ProcessPoolExecutor(workers) as pool:
+            blobs_future = pool.submit(list_blobs, layout)
+            futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full) for chunk in chunks]
+            for future, chunk in zip(futures, chunks):
+                repos.extend(future.result())
+                if progress:
+                    progress(len(chunk))
+            blobs = blobs_future.result()
+    if full:
+        return StorageScan(repos, blobs=stat_blobs(layout, blobs), dirstate=dirstate)
+    return StorageScan(repos, listed=blobs)
 
 
 def check_root(layout: Layout) -> None:
