@@ -15,7 +15,6 @@ import click
 from . import __version__
 from .cache import forget_deleted_blobs, run_after_sweep
 from .config import Config, load_config
-from .daemon import Daemon, Options, wait_for_fence
 from .errors import IndexError_, RegidxError, UsageError
 from .gc import apply_plan, iter_report_lines, plan_gc
 from .layout import Layout
@@ -212,6 +211,8 @@ def daemon_cmd(config: str, index_dir: str | None, poll: float | None, metrics_a
     Watches are placed first, then the index is reconciled with the tree (a full scan), then
     every change is applied as it happens. SIGTERM or SIGINT stop it cleanly. Logs go to stderr.
     """
+    from .daemon import Daemon, Options  # watchdog and prometheus-client: only the daemon needs them
+
     ctx = _load(config, index_dir)
     logging.getLogger("regidx").setLevel(min(logging.getLogger("regidx").getEffectiveLevel(), logging.INFO))
     options = Options(poll=poll, metrics_addr=metrics_addr, sweep_every=sweep_every, verify_every=verify_every,
@@ -283,6 +284,8 @@ def gc_sweep(config: str, index_dir: str | None, dry_run: bool, delete_untagged:
     ctx = _load(config, index_dir)
     with ctx.index_dir.lock("gc sweep"):
         if ctx.index_dir.daemon_running():
+            from .daemon import wait_for_fence
+
             wait_for_fence(ctx.index_dir, fence_timeout)
             changed = []
         else:
