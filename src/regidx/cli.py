@@ -17,15 +17,14 @@ from .cache import forget_deleted_blobs, run_after_sweep
 from .config import Config, load_config
 from .errors import IndexError_, RegidxError, UsageError
 from .gc import apply_plan, iter_report_lines, plan_gc
-from .layout import Layout
-from .report import gc_json, human_bytes, progress, sweep_json, write_json, write_lines
 from .indexdir import ENV_VAR, IndexDir, resolve_index_dir
-from .layout import check_digest
+from .layout import Layout, check_digest
 from .rebuild import rebuild_index, verify_index
 from .records import UploadRemoved
 from .removal import rmtree
 from .scan import find_repositories, scan_storage
 from .sweep import check_trusted, find_changes, forget_repository_dirs, restore, sweep
+from .report import gc_json, human_bytes, progress, sweep_json, write_json, write_lines
 from .trash import Trash, TrashEntry, default_trash_dir
 from .uploads import StaleUpload, find_empty_repositories, find_stale_uploads, remove_empty_repository
 
@@ -114,8 +113,7 @@ def garbage_collect(config: str, dry_run: bool, delete_untagged: bool, quiet: bo
     mark phase succeeded.
     """
     ctx = _load(config)
-    n_repos = len(find_repositories(ctx.layout)) if sys.stderr.isatty() else None
-    with progress("marking", n_repos) as advance:
+    with _repo_progress(ctx, "marking") as advance:
         scan = scan_storage(ctx.layout, read_tags=delete_untagged, progress=advance)
     plan = plan_gc(ctx.layout, scan, delete_untagged=delete_untagged)
     if not as_json:
@@ -125,10 +123,8 @@ def garbage_collect(config: str, dry_run: bool, delete_untagged: bool, quiet: bo
         with progress("deleting", len(plan.blobs)) as advance:
             stats = apply_plan(ctx.layout, scan, plan, progress=advance)
         _after_deleting(ctx, stats.linked_from.items(), None)
-        log.warning(
-            "deleted %d blobs (%s), %d manifests, %d layer links",
-            stats.blobs_deleted, human_bytes(stats.bytes_deleted), stats.manifests_deleted, stats.layer_links_deleted,
-        )
+        click.echo(f"regidx: deleted {stats.blobs_deleted} blobs ({human_bytes(stats.bytes_deleted)}), "
+                   f"{stats.manifests_deleted} manifests, {stats.layer_links_deleted} layer links", err=True)
     if as_json:
         write_json(gc_json(plan, dry_run=dry_run, stats=stats))
 

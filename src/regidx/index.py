@@ -36,6 +36,11 @@ HEADROOM = 256 << 20  # more than any write transaction of ours adds (batches ar
 Loader = Callable[[str, str], "Manifest | None"]
 
 
+def _dirstate_key(relpath: str) -> bytes:
+    # Tag entries are only needed by `-m` checks: a section of their own lets plain checks skip them.
+    return (b"t" if "/_manifests/tags" in relpath else b"d") + relpath.encode()
+
+
 def _key(a: str, b: str) -> bytes:
     return f"{a}\0{b}".encode()
 
@@ -341,25 +346,27 @@ class IndexTxn:
             self.txn.delete(_key(digest, repo), db=self.db["layers"])
 
     def set_dirstate(self, relpath: str, mtime_ns: int | None) -> None:
+        key = _dirstate_key(relpath)
         if mtime_ns is None:
-            self.txn.delete(relpath.encode(), db=self.db["dirstate"])
+            self.txn.delete(key, db=self.db["dirstate"])
         else:
-            self.txn.put(relpath.encode(), _I64.pack(mtime_ns), db=self.db["dirstate"])
+            self.txn.put(key, _I64.pack(mtime_ns), db=self.db["dirstate"])
 
     def drop_dirstate_under(self, relpath: str) -> None:
         """Forget the recorded mtimes of relpath and everything below it."""
-        prefix = relpath.encode()
-        with self.txn.cursor(db=self.db["dirstate"]) as cur:
-            if not cur.set_range(prefix):
-                return
-            while cur.key().startswith(prefix):
-                rest = cur.key()[len(prefix):]
-                if rest and not rest.startswith(b"/"):
-                    if not cur.next():
-                        return
+        for section in (b"d", b"t"):
+            prefix = section + relpath.encode()
+            with self.txn.cursor(db=self.db["dirstate"]) as cur:
+                if not cur.set_range(prefix):
                     continue
-                if not cur.delete():
-                    return
+                while cur.key().startswith(prefix):
+                    rest = cur.key()[len(prefix):]
+                    if rest and not rest.startswith(b"/"):
+                        if not cur.next():
+                            break
+                        continue
+                    if not cur.delete():
+                        break
 
     # queries -------------------------------------------------------------------------------------
 
@@ -419,10 +426,13 @@ class IndexTxn:
                 repo, digest = _split(key)
                 yield repo, digest, _F64.unpack(value)[0]
 
-    def iter_dirstate(self) -> Iterator[tuple[str, int]]:
+    def iter_dirstate(self, *, tags: bool) -> Iterator[tuple[str, int]]:
+        """Recorded mtimes: the tag entries (retags) only when asked, so a plain check costs O(repositories)."""
         with self.txn.cursor(db=self.db["dirstate"]) as cur:
             for key, value in cur:
-                yield key.decode(), _I64.unpack(value)[0]
+                if key[:1] == b"t" and not tags:
+                    break  # "t" entries sort after every "d" entry
+                yield key[1:].decode(), _I64.unpack(value)[0]
 
     def counts(self) -> dict[str, int]:
         return {name: self.txn.stat(self.db[name])["entries"] for name in (*_DBS, *_DUPSORT_DBS) if name != "meta"}

@@ -16,7 +16,6 @@ from .records import BlobAdded, LayerLinked
 from .trash import Trash, TrashEntry
 
 BATCH = 500
-_TAGS_MARK = f"{os.sep}_manifests{os.sep}tags"
 
 
 @dataclass
@@ -54,9 +53,7 @@ def find_changes(txn: IndexTxn, layout: Layout, *, include_tags: bool) -> list[s
     acts only when none moved; see docs/safety.md.
     """
     changed = []
-    for relpath, mtime in txn.iter_dirstate():
-        if not include_tags and _TAGS_MARK in relpath:
-            continue
+    for relpath, mtime in txn.iter_dirstate(tags=include_tags):
         try:
             now_mtime = os.lstat(os.path.join(layout.v2, relpath)).st_mtime_ns
         except FileNotFoundError:
