@@ -120,16 +120,19 @@ def test_kill_9_and_restart(registry: RegistryServer, client: RegistryClient, tm
     pusher = RandomPusher(client, seed=11)
     d = DaemonProcess(registry.config_path, registry.root, tmp_path / "daemon.log")
     rng = random.Random(3)
-    for _ in range(3):
-        d.start()
-        for _ in range(rng.randrange(3, 10)):
-            pusher.step()
-        d.kill()  # at a random point: possibly mid-batch
+    try:
         for _ in range(3):
-            pusher.step()  # changes while no daemon runs
-        d.start()
-        assert_index_matches(registry, d)
-        d.stop()
+            d.start()
+            for _ in range(rng.randrange(3, 10)):
+                pusher.step()
+            d.kill()  # at a random point: possibly mid-batch
+            for _ in range(3):
+                pusher.step()  # changes while no daemon runs
+            d.start()
+            assert_index_matches(registry, d)
+            d.stop()
+    finally:
+        d.close()
 
 
 @contextmanager
@@ -149,9 +152,9 @@ def test_queue_overflow_marks_untrusted_then_rescans(registry: RegistryServer, c
                                                     tmp_path: Path) -> None:
     push_image(client, "app", tag="v1", layers=[layer_bytes("x")])
     d = DaemonProcess(registry.config_path, registry.root, tmp_path / "daemon.log")
-    with sysctl("max_queued_events", 16):
-        d.start()  # its inotify instance keeps the tiny queue
     try:
+        with sysctl("max_queued_events", 16):
+            d.start()  # its inotify instance keeps the tiny queue
         with d.proc_paused():
             for i in range(40):
                 push_image(client, f"burst{i % 4}", tag=f"t{i}", layers=[layer_bytes(f"burst-{i}")])
@@ -159,7 +162,7 @@ def test_queue_overflow_marks_untrusted_then_rescans(registry: RegistryServer, c
         d.wait_for_log("reconciling the index with the tree (queue overflow")
         assert_index_matches(registry, d)
     finally:
-        d.stop()
+        d.close()
 
 
 def test_too_few_watches_is_refused_at_startup(registry: RegistryServer, client: RegistryClient,
@@ -167,9 +170,12 @@ def test_too_few_watches_is_refused_at_startup(registry: RegistryServer, client:
     for i in range(3):
         push_image(client, f"repo{i}", tag="v1", layers=[layer_bytes(f"r{i}")])
     d = DaemonProcess(registry.config_path, registry.root, tmp_path / "daemon.log")
-    with sysctl("max_user_watches", 20):
-        d.start(wait=False)
-        assert d.proc.wait(timeout=60) == 2
+    try:
+        with sysctl("max_user_watches", 20):
+            d.start(wait=False)
+            assert d.proc.wait(timeout=60) == 2
+    finally:
+        d.close()
     log = d.read_log()
     assert "fs.inotify.max_user_watches is 20" in log and "sysctl -w fs.inotify.max_user_watches=" in log
 

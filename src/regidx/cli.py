@@ -114,7 +114,7 @@ def garbage_collect(config: str, dry_run: bool, delete_untagged: bool, quiet: bo
     """
     ctx = _load(config)
     with _repo_progress(ctx, "marking") as advance:
-        scan = scan_storage(ctx.layout, read_tags=delete_untagged, progress=advance)
+        scan = scan_storage(ctx.layout, read_tags=delete_untagged, read_layers=not dry_run, progress=advance)
     plan = plan_gc(ctx.layout, scan, delete_untagged=delete_untagged)
     if not as_json:
         write_lines(iter_report_lines(scan, plan, quiet=quiet))

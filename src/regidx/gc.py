@@ -51,6 +51,7 @@ def plan_gc(layout: Layout, scan: StorageScan, *, delete_untagged: bool) -> GcPl
     repos = scan.repos
     if not delete_untagged:
         kept = {r.name: set(r.manifests) for r in repos}
+        marked = _mark(repos, kept)
     else:
         kept = {r.name: _closure(r, {d for d in r.tags.values() if d in r.manifests}) for r in repos}
         while True:
@@ -63,7 +64,6 @@ def plan_gc(layout: Layout, scan: StorageScan, *, delete_untagged: bool) -> GcPl
                     grown = True
             if not grown:
                 break
-    marked = _mark(repos, kept)
     ordered = {r.name: [d for d in r.revisions if d in kept[r.name]] for r in repos}
     manifests = [
         (r.name, d) for r in repos for d in r.revisions if d in r.manifests and d not in kept[r.name]

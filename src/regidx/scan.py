@@ -54,13 +54,14 @@ def scan_storage(
     *,
     read_tags: bool,
     full: bool = False,
+    read_layers: bool = True,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> StorageScan:
     """Walk the whole tree. Repositories are split over worker processes; blobs are one more job.
 
-    A full scan (for the index) also reads tags, checks every layer link file, reads uploads and
-    records directory mtimes; the garbage-collect mark needs none of that.
+    A full scan (for the index) also reads tags and uploads and records directory mtimes; the
+    garbage-collect mark needs none of that, and a dry run does not need the layer links either.
     """
     check_root(layout)
     dirstate: Dirstate = {}
@@ -69,7 +70,7 @@ def scan_storage(
     workers = workers or min(os.cpu_count() or 1, 4)
     repos: list[RepoScan] = []
     if workers <= 1 or len(names) < 8:
-        repos = [scan_repository(layout, n, read_tags=read_tags, full=full) for n in names]
+        repos = [scan_repository(layout, n, read_tags=read_tags, full=full, read_layers=read_layers) for n in names]
         if progress:
             progress(len(names))
         blobs = list_blobs(layout)
@@ -77,7 +78,7 @@ def scan_storage(
         chunks = _chunks(names, workers * 8)
         with ProcessPoolExecutor(workers) as pool:
             blobs_future = pool.submit(list_blobs, layout)
-            futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full) for chunk in chunks]
+            futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full, read_layers) for chunk in chunks]
             for future, chunk in zip(futures, chunks):
                 repos.extend(future.result())
                 if progress:
@@ -125,7 +126,8 @@ def find_repositories(layout: Layout, dirstate: Dirstate | None = None) -> list[
 
 
 def scan_repository(
-    layout: Layout, name: str, *, read_tags: bool, full: bool = False, cache: dict[str, Manifest] | None = None
+    layout: Layout, name: str, *, read_tags: bool, full: bool = False, read_layers: bool = True,
+    cache: dict[str, Manifest] | None = None,
 ) -> RepoScan:
     # Hot path (100,000s of revisions): f-string paths and raw os calls instead of os.path.join.
     repo = RepoScan(name)
@@ -159,8 +161,9 @@ def scan_repository(
     # A layer link is its directory: the API's blob delete removes only the link file, and what the
     # index needs of a link (remove it with its blob, restart the blob's clock) holds either way.
     if dirstate is None:
-        # The mark needs only the names; they are validated if a blob they name is deleted.
-        repo.layers = [f"{alg}:{h}" for alg in _list_dirs(layers_dir) for h in _list_dirs(f"{layers_dir}/{alg}")]
+        # Deletion needs only the names; they are validated if a blob they name is deleted.
+        if read_layers:
+            repo.layers = [f"{alg}:{h}" for alg in _list_dirs(layers_dir) for h in _list_dirs(f"{layers_dir}/{alg}")]
         return repo
     repo.layers = [digest for digest, _ in _iter_digest_dirs(layout, layers_dir, dirstate)]
     for path in (f"{base}/_manifests", revisions_dir, layers_dir):
@@ -226,9 +229,10 @@ def record_mtime(dirstate: Dirstate, layout: Layout, path: str) -> None:
     dirstate[os.path.relpath(path, layout.v2)] = mtime
 
 
-def _scan_chunk(layout: Layout, names: list[str], read_tags: bool, full: bool) -> list[RepoScan]:
+def _scan_chunk(layout: Layout, names: list[str], read_tags: bool, full: bool, read_layers: bool) -> list[RepoScan]:
     cache: dict[str, Manifest] = {}
-    return [scan_repository(layout, n, read_tags=read_tags, full=full, cache=cache) for n in names]
+    return [scan_repository(layout, n, read_tags=read_tags, full=full, read_layers=read_layers, cache=cache)
+            for n in names]
 
 
 def read_manifest(layout: Layout, repo: str, digest: str) -> Manifest | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -12,7 +13,18 @@ from pathlib import Path
 from typing import Iterator
 
 from regidx.daemon import wait_for_fence
+from support.registry import _die_with_parent
 from regidx.indexdir import IndexDir, default_index_dir
+
+
+_LIVE: set[DaemonProcess] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for d in list(_LIVE):
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
 
 
 class DaemonProcess:
@@ -25,7 +37,8 @@ class DaemonProcess:
         self.log = open(self.log_path, "ab")
         since = self.log.tell()
         self.proc = subprocess.Popen([sys.executable, "-m", "regidx.cli", "-v", "daemon", *self.args, str(self.config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        _LIVE.add(self)
         if wait:
             self.wait_for_log("index reconciled", since=since)
         return self
@@ -74,5 +87,10 @@ class DaemonProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Whatever happened in the test: no daemon outlives it."""
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+        _LIVE.discard(self)
