@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from support.client import Image, RegistryClient, layer_bytes, push_image, push_index, push_referrer
+from support.client import Image, RegistryClient, layer_bytes, pull_and_verify, push_image, push_index, push_referrer
 from support.daemon import DaemonProcess
 from support.registry import RegistryServer
 
@@ -111,8 +111,6 @@ def test_sweep_while_daemon_runs_then_restore_on_reuse(registry: RegistryServer,
     daemon.wait_for_log(f"restored {old.layer_digests[0]} from the trash")
     assert_index_matches(registry, daemon)
     registry.restart()
-    from support.client import pull_and_verify
-
     pull_and_verify(client, "app", "again")
 
 
@@ -191,3 +189,28 @@ def test_a_watch_that_cannot_be_added_makes_the_index_untrusted(registry: Regist
         assert "not trusted" in out.stderr
     daemon.wait_for_log("reconciling the index with the tree (every directory is watched again)")
     assert_index_matches(registry, daemon)
+
+
+def test_poll_mode_follows_pushes(registry: RegistryServer, client: RegistryClient, tmp_path: Path) -> None:
+    """--poll (for NFS): no inotify; a fence waits for a poll that started after it."""
+    with DaemonProcess(registry.config_path, registry.root, tmp_path / "daemon.log", "--poll", "0.2s") as d:
+        pusher = RandomPusher(client, seed=3)
+        for _ in range(10):
+            pusher.step()
+        assert_index_matches(registry, d)
+        assert "inotify" not in d.read_log()
+
+
+def test_scheduled_sweep_verify_and_purge(registry: RegistryServer, client: RegistryClient, tmp_path: Path) -> None:
+    gone = push_image(client, "app", tag="v1", layers=[layer_bytes("scheduled-garbage")])
+    push_image(client, "app", tag="v2", layers=[layer_bytes("kept")])
+    client.delete_manifest("app", gone.digest)
+    args = ("--sweep-every", "1s", "--grace", "0", "--verify-every", "1s", "--purge-trash-every", "1s",
+            "--trash-retention", "0")
+    with DaemonProcess(registry.config_path, registry.root, tmp_path / "daemon.log", *args) as d:
+        d.wait_for_log("scheduled sweep: 3 blobs")
+        d.wait_for_log("scheduled verify: the index agrees with the tree")
+        d.wait_for_log("scheduled purge: 3 trash entries")
+    assert not os.path.exists(f"{registry.root}/docker/registry/v2/blobs/sha256/{gone.layer_digests[0][7:9]}/"
+                              f"{gone.layer_digests[0][7:]}")
+    pull_and_verify(client, "app", "v2")
