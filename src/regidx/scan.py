@@ -256,9 +256,9 @@ def _read_tags(layout: Layout, tags_dir: str, dirstate: Dirstate | None) -> dict
     for tag in sorted(_list_dirs(tags_dir)):
         link = os.path.join(tags_dir, tag, "current", "link")
         if dirstate is not None:
-            # 2.8 rewrites current/link in place: only the file's own mtime shows a retag.
-            for path in (os.path.join(tags_dir, tag), os.path.dirname(link), link):
-                record_mtime(dirstate, layout, path)
+            # 2.8 rewrites current/link in place, upstream main renames a new file over it: either way
+            # the link file's own mtime moves. A new or removed tag moves the tags directory's.
+            record_mtime(dirstate, layout, link)
         try:
             tags[tag] = read_link(link)
         except FileNotFoundError:

@@ -145,14 +145,18 @@ def find_garbage(txn: IndexTxn, layout: Layout, *, now: float, grace: float,
 
 
 def _consider_blob(txn: IndexTxn, layout: Layout, digest: str, cutoff: float, result: SweepResult) -> None:
+    # Planning trusts the data mtime the index recorded (blobs are never rewritten in place);
+    # the removal stats the file again.
     blob = txn.blob(digest)
     if blob is None:
         return
-    why = _data_too_young(layout, digest, cutoff)
-    if why:
-        result.skipped.append((digest, why))
+    if blob.mtime_ns > cutoff * 1e9:
+        result.skipped.append((digest, _TOO_YOUNG))
     else:
         result.blobs.append((digest, blob.size))
+
+
+_TOO_YOUNG = "data file is younger than the grace period"
 
 
 def _data_too_young(layout: Layout, digest: str, cutoff: float) -> str:
@@ -160,7 +164,7 @@ def _data_too_young(layout: Layout, digest: str, cutoff: float) -> str:
         mtime = os.lstat(layout.blob_data(digest)).st_mtime_ns
     except FileNotFoundError:
         return ""
-    return "data file is younger than the grace period" if mtime > cutoff * 1e9 else ""
+    return _TOO_YOUNG if mtime > cutoff * 1e9 else ""
 
 
 # --- removal ---------------------------------------------------------------------------------------
