@@ -35,14 +35,26 @@ def start_daemon(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes
                             stderr=subprocess.STDOUT)
 
 
-def wait_log(log: Path, pattern: str, timeout: float = 1800) -> re.Match[str]:
+def wait_log(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 1800) -> re.Match[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = re.search(pattern, log.read_text(errors="replace"))
         if m:
             return m
+        if proc.poll() is not None:
+            sys.exit(f"daemon exited {proc.returncode}: {log.read_text()[-500:]}")
         time.sleep(0.05)
     sys.exit(f"daemon never logged {pattern!r}; see {log}")
+
+
+def ensure_watch_limit(needed: int) -> None:
+    """The benchmark tree needs more inotify watches than many kernels allow by default."""
+    path = Path("/proc/sys/fs/inotify/max_user_watches")
+    if int(path.read_text()) < needed:
+        try:
+            path.write_text(str(needed))
+        except OSError:
+            sys.exit(f"raise fs.inotify.max_user_watches to {needed} first (sysctl -w ...)")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -59,13 +71,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def startup(tree: Path, work: Path) -> None:
     config = tree / "config.yml"
+    ensure_watch_limit(1_000_000)
     started = time.monotonic()
     subprocess.run([*REGIDX, "index", "rebuild", str(config)], check=True, stdout=subprocess.DEVNULL)
     rebuild = time.monotonic() - started
     log = work / "daemon-startup.log"
     proc = start_daemon(config, log)
-    watching = wait_log(log, r"watching (\d+) directories \(([\d.]+)s\)")
-    reconciled = wait_log(log, r"index reconciled: .* ([\d.]+)s\n")
+    watching = wait_log(log, r"watching (\d+) directories \(([\d.]+)s\)", proc)
+    reconciled = wait_log(log, r"index reconciled: .* ([\d.]+)s\n", proc)
     total = time.monotonic() - started - rebuild
     # Events per second: a burst written straight into the tree the way a push writes (links after data).
     index_dir = IndexDir(default_index_dir(tree))
@@ -128,7 +141,7 @@ def lag_under_pushes(work: Path, seconds: float) -> None:
     port = _free_port()
     with RegistryServer(work / "lag-root", workdir=work) as registry:
         proc = start_daemon(registry.config_path, work / "daemon-lag.log", "--metrics-addr", f"127.0.0.1:{port}")
-        wait_log(work / "daemon-lag.log", r"index reconciled")
+        wait_log(work / "daemon-lag.log", r"index reconciled", proc)
         stop_at = time.monotonic() + seconds
         pushes = [0]
 

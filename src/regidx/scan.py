@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Callable, Iterator
 
 from .errors import StorageError
-from .layout import Layout, digest_from_parts, is_repo_name, read_file, read_link
+from .layout import HEX_LENGTHS, Layout, digest_from_parts, is_repo_name, read_file, read_link
 from .manifests import Manifest, parse_manifest
 from .records import BlobAdded, LayerLinked, Record, RevisionLinked, TagSet, UploadStarted
 
@@ -77,13 +78,15 @@ def scan_storage(
     else:
         chunks = _chunks(names, workers * 8)
         with ProcessPoolExecutor(workers) as pool:
-            blobs_future = pool.submit(list_blobs, layout)
+            blobs_future = pool.submit(scan_blobs if full else list_blobs, layout)
             futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full, read_layers) for chunk in chunks]
             for future, chunk in zip(futures, chunks):
                 repos.extend(future.result())
                 if progress:
                     progress(len(chunk))
-            blobs = blobs_future.result()
+            if full:
+                return StorageScan(repos, blobs=blobs_future.result(), dirstate=dirstate)
+            return StorageScan(repos, listed=blobs_future.result())
     if full:
         return StorageScan(repos, blobs=stat_blobs(layout, blobs), dirstate=dirstate)
     return StorageScan(repos, listed=blobs)
@@ -226,7 +229,7 @@ def record_mtime(dirstate: Dirstate, layout: Layout, path: str) -> None:
         mtime = os.lstat(path).st_mtime_ns
     except FileNotFoundError:
         mtime = -1
-    dirstate[os.path.relpath(path, layout.v2)] = mtime
+    dirstate[path[len(layout.v2) + 1:]] = mtime  # every path here is built below layout.v2
 
 
 def _scan_chunk(layout: Layout, names: list[str], read_tags: bool, full: bool, read_layers: bool) -> list[RepoScan]:
@@ -278,11 +281,21 @@ def _iter_digest_dirs(layout: Layout, base: str, dirstate: Dirstate | None) -> I
         alg_dir = f"{base}/{alg}"
         if dirstate is not None:
             record_mtime(dirstate, layout, alg_dir)
-        for hex_ in sorted(_list_dirs(alg_dir)):
-            digest = digest_from_parts(alg, hex_)
-            if digest is None:
-                raise StorageError(f"{alg_dir}/{hex_}: directory name is not a valid digest")
-            yield digest, f"{alg_dir}/{hex_}"
+        names = sorted(_list_dirs(alg_dir))
+        if not _all_hex(alg, names):
+            bad = next(h for h in names if digest_from_parts(alg, h) is None)
+            raise StorageError(f"{alg_dir}/{bad}: directory name is not a valid digest")
+        for hex_ in names:
+            yield f"{alg}:{hex_}", f"{alg_dir}/{hex_}"
+
+
+_HEX_LIST_RE = {alg: re.compile(f"[0-9a-f]{{{n}}}(?:\n[0-9a-f]{{{n}}})*") for alg, n in HEX_LENGTHS.items()}
+
+
+def _all_hex(alg: str, names: list[str]) -> bool:
+    """Whether every name is a valid hex for alg: one regex over them all (thousands per repository)."""
+    pattern = _HEX_LIST_RE.get(alg)
+    return pattern is not None and (not names or pattern.fullmatch("\n".join(names)) is not None)
 
 
 def _list_dirs(path: str) -> list[str]:

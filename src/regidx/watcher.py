@@ -82,6 +82,7 @@ class TreeWatcher:
         self.fence_dir = fence_dir
         self.touches = touches
         self.dirs: dict[int, _Dir] = {}
+        self.blob_dirs: dict[str, int] = {}  # digest -> wd of a blob directory awaiting its data
         self.failed: list[str] = []
         self.inotify = InotifyFD()
 
@@ -115,7 +116,9 @@ class TreeWatcher:
         self._dispatch(d, name, is_dir, created, touch=True)
 
     def on_watch_deleted(self, wd: int) -> None:
-        self.dirs.pop(wd, None)
+        d = self.dirs.pop(wd, None)
+        if d is not None and d.role is Role.BLOB_DIR:
+            self.blob_dirs.pop(d.name, None)
 
     def on_queue_overflow(self) -> None:
         self._put(None, Special.OVERFLOW, "inotify queue overflowed; events were lost")
@@ -226,13 +229,14 @@ class TreeWatcher:
 
     def unwatch_blob_dir(self, digest: str) -> None:
         """The daemon saw the blob's data: its directory needs no watch any more."""
-        for wd, d in list(self.dirs.items()):
-            if d.role is Role.BLOB_DIR and d.name == digest:
-                self.dirs.pop(wd, None)
-                try:
-                    self.inotify.remove_callbacks([(wd, 0)])
-                except Exception:  # noqa: BLE001 - already gone with its directory
-                    pass
+        wd = self.blob_dirs.pop(digest, None)
+        if wd is None:
+            return
+        self.dirs.pop(wd, None)
+        try:
+            self.inotify.remove_callbacks([(wd, 0)])
+        except Exception:  # noqa: BLE001 - already gone with its directory
+            pass
 
     # watches ------------------------------------------------------------------------------------
 
@@ -260,6 +264,8 @@ class TreeWatcher:
             self._put(None, Special.WATCH_FAILED, f"{path}: {os.strerror(e.errno or 0)}")
             return False
         self.dirs[wd] = _Dir(path, role, repo, name)
+        if role is Role.BLOB_DIR:
+            self.blob_dirs[name] = wd
         return True
 
     def _put(self, info: PathInfo | None, special: Special | None = None, detail: str = "") -> None:
