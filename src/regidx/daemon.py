@@ -194,7 +194,8 @@ class Daemon:
             for info, seen_at, retry in work:
                 try:
                     records = self._examine(txn, info, now)
-                except _NotYet as e:
+                except (_NotYet, OSError) as e:
+                    # Caught mid-write, or it changed while we read it: look again shortly.
                     attempts = retry.attempts + 1 if retry else 1
                     if attempts >= RETRY_ATTEMPTS:
                         untrusted = untrusted or f"{e}: still unreadable after {attempts} attempts"
@@ -274,7 +275,11 @@ class Daemon:
             if not os.path.isdir(path):
                 return [UploadRemoved(info.repo, info.upload)]
             started = read_startedat(path)
-            if not started and time.time() - os.lstat(path).st_mtime < 5:
+            try:
+                fresh = time.time() - os.lstat(path).st_mtime < 5
+            except FileNotFoundError:
+                return [UploadRemoved(info.repo, info.upload)]  # finished meanwhile
+            if not started and fresh:
                 raise _NotYet(f"{path}/startedat")  # written right after the directory
             return [UploadStarted(info.repo, info.upload, started)]
         if info.kind is Kind.REPOSITORY:
