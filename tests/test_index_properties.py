@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from regidx.gc import plan_gc
 from regidx.index import LmdbIndex
-from regidx.rebuild import build_index
+from regidx.rebuild import index_from_scan
 from regidx.records import (BlobAdded, BlobRemoved, LayerLinked, LayerUnlinked, RevisionLinked, RevisionUnlinked,
                             TagRemoved, TagSet, UploadStarted)
 from regidx.scan import read_manifest, scan_storage
@@ -37,7 +37,7 @@ class IndexMachine(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp(prefix="regidx-prop-"))
         self.tree = Tree(self.tmp / "root")
         self.layout = self.tree.layout
-        self.index = build_index(str(self.tmp / "index"), self.layout, scan(self.layout), time.time())
+        self.index = index_from_scan(str(self.tmp / "index"), self.layout, scan(self.layout), time.time())
         self.seq = 0
 
     def teardown(self) -> None:
@@ -177,7 +177,7 @@ class IndexMachine(RuleBasedStateMachine):
     def rebuild(self) -> None:
         self.index.close()
         shutil.rmtree(self.tmp / "index")
-        self.index = build_index(str(self.tmp / "index"), self.layout, scan(self.layout), time.time())
+        self.index = index_from_scan(str(self.tmp / "index"), self.layout, scan(self.layout), time.time())
 
     # the invariant -----------------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class IndexMachine(RuleBasedStateMachine):
         if not hasattr(self, "index"):
             return
         with tempfile.TemporaryDirectory(dir=self.tmp) as fresh_dir:
-            with build_index(fresh_dir, self.layout, scan(self.layout), time.time()) as fresh:
+            with index_from_scan(fresh_dir, self.layout, scan(self.layout), time.time()) as fresh:
                 with fresh.read() as txn:
                     expected = txn.dump()
         with self.index.read() as txn:

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from .errors import RegidxError, StorageError
-from .index import SCHEMA_VERSION, LmdbIndex
+from .index import SCHEMA_VERSION, BulkLoad, LmdbIndex
 from .indexdir import TRUSTED, IndexDir
 from .layout import Layout
-from .scan import Progress, StorageScan, all_dirstate, iter_records, scan_storage
+from .scan import (Progress, RepoScan, StorageScan, all_dirstate, blob_records, iter_records, repo_records,
+                   scan_storage)
 
 # Directory mtimes come from a coarse clock (a few ms). A directory modified within this much of
 # the scan's start may have changed after it was read without its mtime showing it: scan again.
@@ -31,34 +32,63 @@ class RebuildStats:
     path: str
 
 
-def scan_settled(layout: Layout, progress: Progress | None = None, attempts: int = 4) -> StorageScan:
-    """A full scan during which no directory it records changed (see FRESH_NS)."""
+@dataclass
+class Loaded:
+    """A full scan gathered for an index: the records (BulkLoad) and the directory mtimes."""
+
+    load: BulkLoad
+    dirstate: dict[str, int]
+    repositories: int
+
+
+def scan_into_load(layout: Layout, now: float, clocks: dict[str, float] | None = None,
+                   progress: Progress | None = None, *, settle: bool = True, attempts: int = 4) -> Loaded:
+    """A full scan, fed to a BulkLoad repository by repository while the workers go on.
+
+    settle: retry until no directory it records changed during the scan (see FRESH_NS); the daemon
+    passes False because its watches see whatever changes meanwhile.
+    """
     for _ in range(attempts):
         start = time.time_ns()
-        scan = scan_storage(layout, read_tags=True, full=True, progress=progress)
-        fresh = [path for path, mtime in all_dirstate(scan) if mtime >= start - FRESH_NS]
-        if not fresh:
-            return scan
+        loaded = Loaded(BulkLoad(now, clocks), {}, 0)
+
+        def take(repo: RepoScan) -> None:
+            loaded.load.add(repo_records(repo))
+            loaded.dirstate.update(repo.dirstate)
+            loaded.repositories += 1
+
+        scan = scan_storage(layout, read_tags=True, full=True, progress=progress, sink=take)
+        loaded.load.add(blob_records(scan.blobs))
+        loaded.dirstate.update(scan.dirstate)
+        fresh = [path for path, mtime in loaded.dirstate.items() if mtime >= start - FRESH_NS]
+        if not settle or not fresh:
+            return loaded
         time.sleep(2 * FRESH_NS / 1e9)
     raise StorageError(f"{os.path.join(layout.v2, fresh[0])}: the tree kept changing during the scan; "
                        "stop the registry (or make it read-only) for a rebuild, or run `regidx daemon`")
 
 
-def build_index(path: str, layout: Layout, scan: StorageScan, now: float,
-                clocks: dict[str, float] | None = None) -> LmdbIndex:
-    """Write the scan into a new LMDB environment at path; clocks (digest -> since) keep old grace clocks."""
-    index = LmdbIndex(path)
-    index.env.set_mapsize(max(index.env.info()["map_size"], _estimate_map_size(scan)))
-    index.bulk_load(iter_records(scan), now, clocks)
+def build_index(path: str, layout: Layout, loaded: Loaded) -> LmdbIndex:
+    """Write a loaded scan into a new LMDB environment at path, marked trusted."""
+    index = LmdbIndex(path, building=True)
+    index.env.set_mapsize(max(index.env.info()["map_size"], _estimate_map_size(loaded.load)))
+    loaded.load.write(index)
     with index.write() as txn:
-        for relpath, mtime in all_dirstate(scan):
+        for relpath, mtime in loaded.dirstate.items():
             txn.set_dirstate(relpath, mtime)
         txn.set_meta("schema", SCHEMA_VERSION.decode())
         txn.set_meta("root", os.path.realpath(layout.root))
         txn.set_meta("state", TRUSTED)
-        txn.set_meta("last_full_scan", repr(now))
+        txn.set_meta("last_full_scan", repr(loaded.load.now))
     index.env.sync(True)
     return index
+
+
+def index_from_scan(path: str, layout: Layout, scan: StorageScan, now: float) -> LmdbIndex:
+    """For callers that already hold a whole scan (tests)."""
+    load = BulkLoad(now)
+    load.add(iter_records(scan))
+    return build_index(path, layout, Loaded(load, dict(all_dirstate(scan)), len(scan.repos)))
 
 
 def rebuild_index(layout: Layout, index_dir: IndexDir, progress: Progress | None = None,
@@ -66,11 +96,10 @@ def rebuild_index(layout: Layout, index_dir: IndexDir, progress: Progress | None
     """settle=False when watches are already in place (the daemon): changes during the scan are
     then seen as events, so the tree need not hold still."""
     started = time.monotonic()
-    scan = scan_settled(layout, progress) if settle else scan_storage(layout, read_tags=True, full=True)
-    now = time.time()
+    loaded = scan_into_load(layout, time.time(), _old_clocks(index_dir), progress, settle=settle)
     gen = index_dir.new_generation()
     try:
-        with build_index(gen, layout, scan, now, _old_clocks(index_dir)) as index:
+        with build_index(gen, layout, loaded) as index:
             with index.read() as txn:
                 counts = txn.counts()
             size = index.size_bytes()
@@ -79,7 +108,7 @@ def rebuild_index(layout: Layout, index_dir: IndexDir, progress: Progress | None
         shutil.rmtree(gen, ignore_errors=True)
         raise
     return RebuildStats(
-        repositories=len(scan.repos), revisions=counts["manifests"], blobs=counts["blobs"],
+        repositories=loaded.repositories, revisions=counts["manifests"], blobs=counts["blobs"],
         candidates=counts["candidates"], seconds=time.monotonic() - started, index_bytes=size, path=gen,
     )
 
@@ -97,9 +126,9 @@ class Discrepancy:
 
 def verify_index(layout: Layout, index: LmdbIndex, progress: Progress | None = None) -> list[Discrepancy]:
     """Every difference between the index and a fresh full scan of the tree."""
-    scan = scan_settled(layout, progress)
+    loaded = scan_into_load(layout, time.time(), progress=progress)
     with tempfile.TemporaryDirectory(prefix="verify-", dir=os.path.dirname(index.path)) as tmp:
-        with build_index(tmp, layout, scan, time.time()) as fresh:
+        with build_index(tmp, layout, loaded) as fresh:
             with fresh.read() as txn:
                 expected = txn.dump()
     with index.read() as txn:
@@ -163,6 +192,6 @@ def _old_clocks(index_dir: IndexDir) -> dict[str, float]:
         return dict(txn.iter_candidates(float("inf")))
 
 
-def _estimate_map_size(scan: StorageScan) -> int:
-    items = len(scan.blobs) + sum(len(r.revisions) * 8 + len(r.layers) + len(r.tags) for r in scan.repos)
+def _estimate_map_size(load: BulkLoad) -> int:
+    items = len(load.blobs) + 8 * len(load.manifests) + len(load.layers) + len(load.tags)
     return max(1 << 30, items * 1024)

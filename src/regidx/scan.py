@@ -58,11 +58,14 @@ def scan_storage(
     read_layers: bool = True,
     workers: int | None = None,
     progress: Progress | None = None,
+    sink: Callable[[RepoScan], None] | None = None,
 ) -> StorageScan:
     """Walk the whole tree. Repositories are split over worker processes; blobs are one more job.
 
     A full scan (for the index) also reads tags and uploads and records directory mtimes; the
     garbage-collect mark needs none of that, and a dry run does not need the layer links either.
+    With a sink, each repository goes to it as soon as it is scanned (while the workers go on)
+    instead of into the result.
     """
     check_root(layout)
     dirstate: Dirstate = {}
@@ -70,8 +73,10 @@ def scan_storage(
     read_tags = read_tags or full
     workers = workers or min(os.cpu_count() or 1, 4)
     repos: list[RepoScan] = []
+    take = sink or repos.append
     if workers <= 1 or len(names) < 8:
-        repos = [scan_repository(layout, n, read_tags=read_tags, full=full, read_layers=read_layers) for n in names]
+        for n in names:
+            take(scan_repository(layout, n, read_tags=read_tags, full=full, read_layers=read_layers))
         if progress:
             progress(len(names))
         blobs = list_blobs(layout)
@@ -81,7 +86,8 @@ def scan_storage(
             blobs_future = pool.submit(scan_blobs if full else list_blobs, layout)
             futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full, read_layers) for chunk in chunks]
             for future, chunk in zip(futures, chunks):
-                repos.extend(future.result())
+                for repo in future.result():
+                    take(repo)
                 if progress:
                     progress(len(chunk))
             if full:
@@ -323,19 +329,26 @@ def _chunks(items: list[str], n: int) -> list[list[str]]:
 
 
 def iter_records(scan: StorageScan) -> Iterator[Record]:
-    """The scan as records, in the order that builds an index cheaply: references before blobs,
-    so that a referenced blob never passes through the candidate list."""
+    """The scan as records, in the order that builds an index cheaply one record at a time:
+    references before blobs, so that a referenced blob never passes through the candidate list."""
     for repo in scan.repos:
-        for digest in repo.revisions:
-            yield RevisionLinked(repo.name, digest, repo.manifests.get(digest))
-    for repo in scan.repos:
-        for tag, digest in repo.tags.items():
-            yield TagSet(repo.name, tag, digest)
-        for digest in repo.layers:
-            yield LayerLinked(repo.name, digest)
-        for uuid, started in repo.uploads.items():
-            yield UploadStarted(repo.name, uuid, started)
-    for digest, (size, mtime_ns) in scan.blobs.items():
+        yield from repo_records(repo)
+    yield from blob_records(scan.blobs)
+
+
+def repo_records(repo: RepoScan) -> Iterator[Record]:
+    for digest in repo.revisions:
+        yield RevisionLinked(repo.name, digest, repo.manifests.get(digest))
+    for tag, digest in repo.tags.items():
+        yield TagSet(repo.name, tag, digest)
+    for digest in repo.layers:
+        yield LayerLinked(repo.name, digest)
+    for uuid, started in repo.uploads.items():
+        yield UploadStarted(repo.name, uuid, started)
+
+
+def blob_records(blobs: dict[str, tuple[int, int]]) -> Iterator[Record]:
+    for digest, (size, mtime_ns) in blobs.items():
         yield BlobAdded(digest, size, mtime_ns)
 
 
