@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from regidx.gc import plan_gc
-from regidx.index import LmdbIndex
 from regidx.rebuild import index_from_scan
 from regidx.records import (BlobAdded, BlobRemoved, LayerLinked, LayerUnlinked, RevisionLinked, RevisionUnlinked,
                             TagRemoved, TagSet, UploadStarted)
@@ -211,4 +210,3 @@ TestIndexMachine.settings = settings(
     max_examples=int(os.environ.get("REGIDX_PROPERTY_EXAMPLES", "40")), stateful_step_count=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-_ = LmdbIndex

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from .errors import IndexError_, RegidxError, UsageError
 from .index import IndexTxn, LmdbIndex
 from .indexdir import IndexDir
-from .layout import Kind, Layout, PathInfo, read_link, write_link
+from .layout import Kind, Layout, PathInfo, read_link
 from .metrics import Metrics
 from .rebuild import rebuild_index, verify_index
 from .records import (BlobAdded, BlobRemoved, LayerLinked, LayerUnlinked, Record, RevisionLinked, RevisionUnlinked,
                       TagRemoved, TagSet, UploadRemoved, UploadStarted)
 from .scan import check_root, read_manifest, read_startedat
-from .sweep import sweep
+from .sweep import restore_in, sweep
 from .trash import Trash
 from .watcher import Special, Touch, TreeWatcher, count_needed_watches, inotify_limit
 
@@ -293,14 +293,7 @@ class Daemon:
         entry = self.trash.get(digest)
         if entry is None or not entry.has_data:
             return False
-        restored = self.trash.take_back(self.layout, entry)
-        for repo in entry.layer_links:
-            write_link(os.path.join(self.layout.layer_link_dir(repo, digest), "link"), digest)
-            txn.apply(LayerLinked(repo, digest), time.time())
-        if restored:
-            st = os.lstat(self.layout.blob_data(digest))
-            txn.apply(BlobAdded(digest, st.st_size, st.st_mtime_ns), time.time())
-        self.trash.remove(entry)
+        restored = restore_in(txn, self.layout, self.trash, entry)
         self.metrics.restored()
         log.warning("restored %s from the trash: %s", digest, why)
         return restored

@@ -240,18 +240,26 @@ def _remove_blob(txn: IndexTxn, layout: Layout, trash: Trash | None, digest: str
 
 
 def restore(index: LmdbIndex, layout: Layout, trash: Trash, entry: TrashEntry) -> bool:
-    """Blob back under blobs/, its layer links rewritten, the index told; False if it was back already."""
+    """`gc restore`: one trash entry back, in a transaction of its own."""
+    with index.write() as txn:
+        return restore_in(txn, layout, trash, entry)
+
+
+def restore_in(txn: IndexTxn, layout: Layout, trash: Trash, entry: TrashEntry) -> bool:
+    """Blob back under blobs/, its layer links rewritten, the index told; False if it was back already.
+
+    Also the daemon's auto-restore, inside the transaction that applies what wants the blob.
+    """
     restored = trash.take_back(layout, entry)
     now = time.time()
-    with index.write() as txn:
-        if restored:
-            st = os.lstat(layout.blob_data(entry.digest))
-            txn.apply(BlobAdded(entry.digest, st.st_size, st.st_mtime_ns), now)
-        for repo in entry.layer_links:
-            link_dir = layout.layer_link_dir(repo, entry.digest)
-            write_link(os.path.join(link_dir, "link"), entry.digest)
-            txn.apply(LayerLinked(repo, entry.digest), now)
-            _refresh(txn, layout, os.path.dirname(link_dir))
+    if restored:
+        st = os.lstat(layout.blob_data(entry.digest))
+        txn.apply(BlobAdded(entry.digest, st.st_size, st.st_mtime_ns), now)
+    for repo in entry.layer_links:
+        link_dir = layout.layer_link_dir(repo, entry.digest)
+        write_link(os.path.join(link_dir, "link"), entry.digest)
+        txn.apply(LayerLinked(repo, entry.digest), now)
+        _refresh(txn, layout, os.path.dirname(link_dir))
     trash.remove(entry)
     return restored
 
