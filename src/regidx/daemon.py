@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import queue
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import IndexError_, RegidxError, UsageError
@@ -123,7 +125,11 @@ class Daemon:
             self.index = None
         log.info("reconciling the index with the tree (%s)", why)
         with self.index_dir.lock("daemon reconcile", wait=True):
-            stats = rebuild_index(self.layout, self.index_dir, settle=False)
+            # In a child process: the full scan's bulk load needs about 1 GB for 100,000 images,
+            # which a long-running daemon should not keep as its high-water mark. Spawned, not
+            # forked: this process has threads (the inotify reader).
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                stats = pool.submit(rebuild_index, self.layout, self.index_dir, settle=False).result()
         self.index = self.index_dir.open()
         # Fences written before the scan started are satisfied by it (the watcher's first listing skips them).
         pending = [f for f in _listdir(self.index_dir.fence_dir) if f.startswith("fence-")]
