@@ -338,16 +338,9 @@ def gc_restore(config: str, digests: tuple[str, ...], index_dir: str | None, res
 @click.option("-d", "--dry-run", is_flag=True, help="Only list what would be deleted.")
 def gc_purge(config: str, older_than: float, dry_run: bool) -> None:
     """Empty the trash of entries older than the retention period."""
-    ctx = _load(config)
-    now = time.time()
-    freed = count = 0
-    for entry in ctx.trash.entries():
-        if now - entry.trashed_at >= older_than:
-            count += 1
-            freed += entry.size
-            if not dry_run:
-                ctx.trash.remove(entry)
-    click.echo(f"{'would purge' if dry_run else 'purged'} {count} trash entries, {human_bytes(freed)}")
+    purged = _load(config).trash.purge(older_than, dry_run=dry_run)
+    freed = sum(e.size for e in purged)
+    click.echo(f"{'would purge' if dry_run else 'purged'} {len(purged)} trash entries, {human_bytes(freed)}")
 
 
 @gc.command("uploads")

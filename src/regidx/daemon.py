@@ -349,10 +349,7 @@ class Daemon:
             log.info("scheduled verify: the index agrees with the tree")
 
     def _purge(self) -> None:
-        now = time.time()
-        purged = [e for e in self.trash.entries() if now - e.trashed_at >= self.options.trash_retention]
-        for entry in purged:
-            self.trash.remove(entry)
+        purged = self.trash.purge(self.options.trash_retention)
         log.info("scheduled purge: %d trash entries older than %.0fs", len(purged), self.options.trash_retention)
 
     def _drain(self) -> list[Touch]:

@@ -17,8 +17,8 @@ class GcPlan:
 
     delete_untagged: bool
     marked: set[str]
-    # repo -> revisions kept (marked) there, in walk order.
-    kept: dict[str, list[str]]
+    # repo -> revisions kept (marked) there.
+    kept: dict[str, set[str]]
     # (repo, digest) of untagged manifests to delete, in walk order (-m only).
     manifests: list[tuple[str, str]]
     # digest -> size of every blob to delete, sorted by digest.
@@ -64,13 +64,12 @@ def plan_gc(layout: Layout, scan: StorageScan, *, delete_untagged: bool) -> GcPl
                     grown = True
             if not grown:
                 break
-    ordered = {r.name: [d for d in r.revisions if d in kept[r.name]] for r in repos}
     manifests = [
         (r.name, d) for r in repos for d in r.revisions if d in r.manifests and d not in kept[r.name]
     ]
     unmarked = {d: prefix for d, prefix in scan.listed.items() if d not in marked}
     blobs = {d: size for d, (size, _) in sorted(stat_blobs(layout, unmarked).items())}
-    return GcPlan(delete_untagged, marked, ordered, manifests, blobs)
+    return GcPlan(delete_untagged, marked, kept, manifests, blobs)
 
 
 def _mark(repos: list[RepoScan], kept: dict[str, set[str]]) -> set[str]:
@@ -103,12 +102,10 @@ def _closure(repo: RepoScan, seeds: set[str]) -> set[str]:
 
 def iter_report_lines(scan: StorageScan, plan: GcPlan, *, quiet: bool = False) -> Iterator[str]:
     """The stdout of upstream 2.8.2, line by line (blob lines sorted; upstream prints them in map order)."""
-    eligible = {(repo, d) for repo, d in plan.manifests}
-    for r in scan.repos:
-        if quiet:
-            continue
+    eligible = set(plan.manifests)
+    for r in [] if quiet else scan.repos:
         yield r.name
-        kept = set(plan.kept[r.name])
+        kept = plan.kept[r.name]
         for digest in r.revisions:
             if digest in kept:
                 yield f"{r.name}: marking manifest {digest} "

@@ -298,9 +298,9 @@ class IndexTxn:
         if blob is not None and blob.since and blob.since < now:
             self._set_since(digest, blob, now)
 
-    def forget_blob(self, digest: str) -> None:
+    def forget_blob(self, digest: str, now: float) -> None:
         """After a sweep removed it: the blob, its candidate entry and its layer links leave the index."""
-        self.remove_blob(digest, 0.0)
+        self.remove_blob(digest, now)
         for repo in self.layer_repos(digest):
             self.txn.delete(_key(digest, repo), db=self.db["layers"])
 

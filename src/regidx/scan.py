@@ -230,12 +230,16 @@ def read_startedat(upload_dir: str) -> float:
 
 
 def record_mtime(dirstate: Dirstate, layout: Layout, path: str) -> None:
-    """Remember path's mtime (-1 if absent: its parent's mtime then shows its creation)."""
+    dirstate[path[len(layout.v2) + 1:]] = mtime_or_absent(path)  # every path here is built below layout.v2
+
+
+def mtime_or_absent(path: str) -> int:
+    """What the offline check records of a path: its mtime, or -1 when it is absent (its parent's
+    mtime then shows its creation)."""
     try:
-        mtime = os.lstat(path).st_mtime_ns
+        return os.lstat(path).st_mtime_ns
     except FileNotFoundError:
-        mtime = -1
-    dirstate[path[len(layout.v2) + 1:]] = mtime  # every path here is built below layout.v2
+        return -1
 
 
 def _scan_chunk(layout: Layout, names: list[str], read_tags: bool, full: bool, read_layers: bool) -> list[RepoScan]:

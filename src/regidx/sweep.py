@@ -12,6 +12,7 @@ from .index import IndexTxn, LmdbIndex
 from .indexdir import TRUSTED
 from .layout import Layout, write_link
 from .removal import remove_layer_link, remove_revision, rmtree
+from .scan import mtime_or_absent
 from .records import BlobAdded, LayerLinked
 from .trash import Trash, TrashEntry
 
@@ -52,15 +53,8 @@ def find_changes(txn: IndexTxn, layout: Layout, *, include_tags: bool) -> list[s
     recorded (a retag in place changes current/link's own mtime). Without a daemon, a sweep
     acts only when none moved; see docs/safety.md.
     """
-    changed = []
-    for relpath, mtime in txn.iter_dirstate(tags=include_tags):
-        try:
-            now_mtime = os.lstat(os.path.join(layout.v2, relpath)).st_mtime_ns
-        except FileNotFoundError:
-            now_mtime = -1
-        if now_mtime != mtime:
-            changed.append(relpath)
-    return changed
+    return [relpath for relpath, mtime in txn.iter_dirstate(tags=include_tags)
+            if mtime_or_absent(os.path.join(layout.v2, relpath)) != mtime]
 
 
 # --- what is garbage (no side effects) -----------------------------------------------------------
@@ -226,15 +220,13 @@ def _remove_blob(txn: IndexTxn, layout: Layout, trash: Trash | None, digest: str
         return
     repos = txn.layer_repos(digest)
     for repo in repos:
-        link_dir = layout.layer_link_dir(repo, digest)
         result.layer_links += remove_layer_link(layout, repo, digest)
-        txn.set_dirstate(os.path.relpath(link_dir, layout.v2), None)
-        _refresh(txn, layout, os.path.dirname(link_dir))
+        _refresh(txn, layout, os.path.dirname(layout.layer_link_dir(repo, digest)))
     if trash is not None:
         trash.put(layout, digest, blob.size, repos, now)
     else:
         rmtree(layout.blob_dir(digest))
-    txn.forget_blob(digest)
+    txn.forget_blob(digest, now)
     result.blobs.append((digest, blob.size))
     result.linked_from[digest] = repos
 
@@ -276,11 +268,7 @@ def forget_repository_dirs(txn: IndexTxn, layout: Layout, repo: str) -> None:
 
 def _refresh(txn: IndexTxn, layout: Layout, path: str) -> None:
     """We changed this directory ourselves: record its new mtime so the next offline check passes."""
-    relpath = os.path.relpath(path, layout.v2)
-    try:
-        txn.set_dirstate(relpath, os.lstat(path).st_mtime_ns)
-    except FileNotFoundError:
-        txn.set_dirstate(relpath, -1)
+    txn.set_dirstate(os.path.relpath(path, layout.v2), mtime_or_absent(path))
 
 
 def _batches(items: list, size: int = BATCH) -> list[list]:

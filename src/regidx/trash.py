@@ -76,6 +76,15 @@ class Trash:
     def remove(self, entry: TrashEntry) -> None:
         shutil.rmtree(entry.path, ignore_errors=True)
 
+    def purge(self, older_than: float, *, dry_run: bool = False) -> list[TrashEntry]:
+        """Delete the entries trashed at least older_than seconds ago; returns them."""
+        now = time.time()
+        old = [e for e in self.entries() if now - e.trashed_at >= older_than]
+        if not dry_run:
+            for entry in old:
+                self.remove(entry)
+        return old
+
     def take_back(self, layout: Layout, entry: TrashEntry) -> bool:
         """Move the blob back under blobs/; False when the registry already has it again."""
         target = layout.blob_dir(entry.digest)
@@ -100,7 +109,3 @@ class Trash:
             raise StorageError(f"{entry_dir}/record.json: unreadable trash record: {e}") from None
         return TrashEntry(record["digest"], record["size"], record["trashed_at"],
                           tuple(record["layer_links"]), entry_dir)
-
-
-def age(entry: TrashEntry, now: float | None = None) -> float:
-    return (now or time.time()) - entry.trashed_at
