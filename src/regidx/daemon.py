@@ -312,21 +312,14 @@ class Daemon:
             timers["gauges"] = now
             self.metrics.refresh(self.index, self.watcher.watches)
         o = self.options
-        if o.sweep_every and now - timers["sweep"] >= o.sweep_every:
-            timers["sweep"] = now
-            self._scheduled("sweep", self._sweep)
-        if o.verify_every and now - timers["verify"] >= o.verify_every:
-            timers["verify"] = now
-            self._scheduled("verify", self._verify)
-        if o.purge_trash_every and now - timers["purge"] >= o.purge_trash_every:
-            timers["purge"] = now
-            self._scheduled("purge", self._purge)
-
-    def _scheduled(self, what: str, job) -> None:  # type: ignore[no-untyped-def]
-        try:
-            job()
-        except RegidxError as e:
-            log.error("scheduled %s failed: %s", what, e)
+        for name, every, job in (("sweep", o.sweep_every, self._sweep), ("verify", o.verify_every, self._verify),
+                                 ("purge", o.purge_trash_every, self._purge)):
+            if every and now - timers[name] >= every:
+                timers[name] = now
+                try:
+                    job()
+                except RegidxError as e:
+                    log.error("scheduled %s failed: %s", name, e)
 
     def _sweep(self) -> None:
         # Everything queued before now is applied first: that is the fence, in-process.

@@ -74,28 +74,27 @@ def scan_storage(
     workers = workers or min(os.cpu_count() or 1, 4)
     repos: list[RepoScan] = []
     take = sink or repos.append
+    blob_job = scan_blobs if full else list_blobs
     if workers <= 1 or len(names) < 8:
         for n in names:
             take(scan_repository(layout, n, read_tags=read_tags, full=full, read_layers=read_layers))
         if progress:
             progress(len(names))
-        blobs = list_blobs(layout)
+        blobs = blob_job(layout)
     else:
         chunks = _chunks(names, workers * 8)
         with ProcessPoolExecutor(workers) as pool:
-            blobs_future = pool.submit(scan_blobs if full else list_blobs, layout)
+            blobs_future = pool.submit(blob_job, layout)
             futures = [pool.submit(_scan_chunk, layout, chunk, read_tags, full, read_layers) for chunk in chunks]
             for future, chunk in zip(futures, chunks):
                 for repo in future.result():
                     take(repo)
                 if progress:
                     progress(len(chunk))
-            if full:
-                return StorageScan(repos, blobs=blobs_future.result(), dirstate=dirstate)
-            return StorageScan(repos, listed=blobs_future.result())
+            blobs = blobs_future.result()
     if full:
-        return StorageScan(repos, blobs=stat_blobs(layout, blobs), dirstate=dirstate)
-    return StorageScan(repos, listed=blobs)
+        return StorageScan(repos, blobs=blobs, dirstate=dirstate)  # type: ignore[arg-type]
+    return StorageScan(repos, listed=blobs)  # type: ignore[arg-type]
 
 
 def check_root(layout: Layout) -> None:
