@@ -368,8 +368,8 @@ def gc_uploads(config: str, index_dir: str | None, older_than: float, dry_run: b
             click.echo(f"empty repository removed: {repo}")
         else:
             click.echo(f"empty repository: {repo}" + (" (would be removed)" if prune_empty_repos else ""))
-    if stale and not dry_run or pruned:
-        _note_uploads_removed(ctx, stale if not dry_run else [], pruned)
+    if not dry_run and (stale or pruned):
+        _note_uploads_removed(ctx, stale, pruned)
     click.echo(f"{verb} {len(stale)} stale uploads; {len(empty)} empty repositories")
 
 

@@ -188,13 +188,12 @@ class Daemon:
         for t in batch:
             if t.info is not None:
                 firsts.setdefault(t.info, t.at)
-        work = [(info, at, None) for info, at in firsts.items()] + [(r.info, r.first_seen, r) for r in due]
-        for t in batch:
-            if t.special is Special.FENCE:
+            elif t.special is Special.FENCE:
                 fences.append(t.detail)
-            elif t.special in (Special.OVERFLOW, Special.WATCH_FAILED):
-                untrusted = f"{t.special.value}: {t.detail}"
+            else:  # an overflow or a watch that failed
+                untrusted = f"{t.special.value}: {t.detail}" if t.special else t.detail
                 log.error("index untrusted: %s", untrusted)
+        work = [(info, at, None) for info, at in firsts.items()] + [(r.info, r.first_seen, r) for r in due]
         applied = 0
         with self.idx.write() as txn:
             for info, seen_at, retry in work:
